@@ -1,0 +1,47 @@
+# finetune-phi: `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV_VERSION := 0.13.9
+# CPU machines here keep a local torch wheel in PIP_FIND_LINKS (/opt/wheels); elsewhere
+# the same version comes from PyPI (the CUDA build on Linux).
+FIND_LINKS := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),)
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed ## create .venv and install the project with the pinned stack (constraints.txt)
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip install --compile-bytecode --python $(PY) -c constraints.txt $(FIND_LINKS) -e ".[dev]"
+	$(VENV)/bin/uv pip check --python $(PY)
+	@touch $@
+
+demo: setup ## fine-tune the tiny offline model on the bundled data and register it in MLflow
+	$(PY) -m train
+
+test: setup ## run every test that can run here (GPU tests are skipped without CUDA)
+	$(PY) -m pytest
+
+lint: setup ## ruff: lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup ## ruff: fix what can be fixed and format
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+constraints: setup ## re-resolve constraints.txt after changing pyproject.toml's dependencies
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev $(FIND_LINKS) --python-version 3.11 \
+		--no-header --no-annotate -o constraints.new
+	@{ sed -n '/^#/p' constraints.txt; grep -v '^#' constraints.new | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.txt
+	@rm constraints.new
+
+clean-outputs: ## delete local runs and the local MLflow store (asks first)
+	@read -p "Delete ./outputs (all local runs and registered models)? [y/N] " a && [ "$$a" = y ] && rm -rf outputs
+
+.PHONY: help setup demo test lint format constraints clean-outputs

@@ -1,0 +1,95 @@
+"""Every profile and preset composes; bad keys and names fail at compose time, named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError
+
+from train.config import PROJECT_ROOT
+
+CONF = PROJECT_ROOT / "conf"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("profile", options("profile"))
+def test_every_profile_composes(compose_train, profile):
+    cfg = compose_train(f"+profile={profile}")
+    assert cfg.profile == profile
+    assert cfg.sft.seed == cfg.seed
+
+
+@pytest.mark.parametrize(
+    "group,option",
+    [(g, o) for g in ("model", "data", "peft", "sft", "eval", "target", "logger", "paths") for o in options(g)],
+)
+def test_every_preset_composes(compose_train, group, option):
+    cfg = compose_train(f"{group}={option}")
+    assert cfg[group] is not None
+
+
+def test_a100_profile_is_the_seed_recipe_with_its_fixes(compose_train):
+    cfg = compose_train("+profile=a100")
+    assert cfg.model.name_or_path == "microsoft/Phi-3.5-mini-instruct"
+    assert cfg.data.train_split == "train_sft[:1%]" and cfg.data.test_size == 0.2
+    sft = cfg.sft
+    assert (sft.bf16, sft.learning_rate, sft.lr_scheduler_type, sft.warmup_steps) == (True, 5e-6, "cosine", 0.2)
+    assert (sft.num_train_epochs, sft.per_device_train_batch_size, sft.max_length) == (3, 4, 2048)
+    assert sft.gradient_checkpointing and sft.packing and sft.eval_strategy == "epoch" and sft.seed == 0
+    # The fixes: no eager attention, a pad token that is not a stop token, MLflow on.
+    assert cfg.model.attn_implementation == "auto"
+    assert cfg.model.pad_token == "<|pad|>"
+    assert cfg.logger.log_model and cfg.logger.registered_model_name
+
+
+def test_24gb_profile_is_qlora_nf4(compose_train):
+    cfg = compose_train("+profile=24gb")
+    assert cfg.peft.method == "qlora" and cfg.peft.load_in_4bit and cfg.peft.bnb_4bit_quant_type == "nf4"
+
+
+def test_command_line_group_choice_beats_the_profile(compose_train):
+    cfg = compose_train("+profile=a100", "model=phi3_mini_4k")
+    assert cfg.model.name_or_path == "microsoft/Phi-3-mini-4k-instruct"
+
+
+def test_any_sft_field_is_overridable(compose_train):
+    cfg = compose_train("sft.neftune_noise_alpha=5", "sft.optim=adamw_torch", "peft=lora", "peft.r=8")
+    assert cfg.sft.neftune_noise_alpha == 5 and cfg.sft.optim == "adamw_torch" and cfg.peft.r == 8
+
+
+@pytest.mark.parametrize("key", ["sft.learning_rat", "model.nmae_or_path", "peft.rank"])
+def test_misspelt_key_fails_naming_it(compose_train, key):
+    with pytest.raises((ConfigCompositionException, ConfigKeyError)) as err:
+        compose_train(f"{key}=1")
+    assert key.split(".")[1] in str(err.value) + str(err.value.__cause__)
+
+
+def test_sft_field_from_an_older_trl_is_rejected(compose_train):
+    # transformers 5 removed warmup_ratio; the schema follows the installed TRL.
+    with pytest.raises((ConfigCompositionException, ConfigKeyError)) as err:
+        compose_train("sft.warmup_ratio=0.1")
+    assert "warmup_ratio" in str(err.value) + str(err.value.__cause__)
+
+
+def test_wrong_type_fails_at_compose_time(compose_train):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_train("sft.num_train_epochs=many")
+    assert "num_train_epochs" in str(err.value) + str(err.value.__cause__)
+
+
+def test_unknown_profile_fails_naming_it_and_the_choices(compose_train):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_train("+profile=a1000")
+    message = str(err.value)
+    assert "a1000" in message and "a100" in message
+
+
+def test_run_dirs_are_unique_per_invocation(compose_train):
+    cfg = compose_train()
+    assert cfg.hydra.run.dir.endswith(tuple("0123456789"))
+    assert Path(cfg.hydra.run.dir).parent.name == "runs"

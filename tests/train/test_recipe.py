@@ -1,0 +1,97 @@
+"""The embedded default end to end: train, track, register, load, chat."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import compose_config
+from train.model import ConfigError
+from train.recipe import run
+
+# Shrunk from the demo (4000 rows, 3 epochs) so the test runs in seconds; still enough
+# steps at the demo's learning rate for the loss to fall by more than half.
+FAST = (
+    "data.max_train_rows=640",
+    "data.max_eval_rows=64",
+    "sft.max_steps=40",
+    "sft.per_device_train_batch_size=16",
+    "sft.disable_tqdm=true",
+    "eval.generate_samples=8",
+)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One real run of the recipe, shared by the assertions below."""
+    tmp = tmp_path_factory.mktemp("recipe")
+    cfg = compose_config(*FAST, tmp=tmp)
+    metrics = run(cfg)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp}/outputs/mlflow.db")
+    return cfg, metrics, client
+
+
+def test_loss_fell(trained):
+    _, metrics, _ = trained
+    assert metrics["train_loss_last"] < 0.5 * metrics["train_loss_first"]
+    assert metrics["eval_loss"] < metrics["train_loss_first"]
+
+
+def test_mlflow_run_has_params_metrics_and_artifacts(trained):
+    cfg, metrics, client = trained
+    run_id = client.search_runs([client.get_experiment_by_name(cfg.logger.experiment_name).experiment_id])[0].info.run_id
+    logged = client.get_run(run_id).data
+    assert {"loss", "eval_loss", "learning_rate", "train_tokens_per_second"} <= set(logged.metrics)
+    assert len(client.get_metric_history(run_id, "loss")) > 1  # a curve, not a point
+    assert 10 < len(logged.params) <= 200  # Azure ML's limit
+    assert logged.params["model.short_name"] == "tiny-phi3" and logged.params["sft.max_steps"] == "40"
+    assert logged.tags["profile"] == "None"
+    artifacts = {a.path for a in client.list_artifacts(run_id)} | {
+        a.path for d in ("config", "tokenizer", "eval") for a in client.list_artifacts(run_id, d)
+    }
+    assert {
+        "config/resolved.yaml",
+        "tokenizer/chat_template.jinja",
+        "tokenizer/special_tokens.json",
+        "loss_curve.png",
+        "eval/answers.json",
+    } <= artifacts
+
+
+def test_model_is_registered_and_tagged(trained):
+    cfg, metrics, client = trained
+    (version,) = client.search_model_versions(f"name='{cfg.logger.registered_model_name}'")
+    assert len(version.tags["git_sha"]) >= 7 and len(version.tags["data_hash"]) == 16
+    assert float(version.tags["eval_loss"]) == pytest.approx(metrics["eval_loss"], rel=1e-4)
+
+
+def test_registered_model_answers_chat_requests(trained):
+    cfg, _, client = trained
+    mlflow.set_tracking_uri(client.tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{cfg.logger.registered_model_name}/1")
+    response = model.predict(
+        {"messages": [{"role": "user", "content": "Repeat exactly: river stone"}], "max_tokens": 8}
+    )
+    response = response[0] if isinstance(response, list) else response
+    assert response["object"] == "chat.completion"
+    assert isinstance(response["choices"][0]["message"]["content"], str)
+
+
+def test_pad_token_is_distinct_from_eos(trained):
+    from train.model import load_tokenizer
+
+    cfg, _, _ = trained
+    tokenizer = load_tokenizer(cfg.model)
+    assert tokenizer.eos_token == "<|end|>" and tokenizer.pad_token == "<|pad|>"
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+
+
+def test_qlora_without_cuda_stops_before_loading(compose_train, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = compose_train("+profile=24gb", tmp=tmp_path)
+    with pytest.raises(ConfigError, match="CUDA"):
+        run(cfg)
+    assert not (tmp_path / "outputs").exists()  # nothing was written, nothing downloaded

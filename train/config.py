@@ -1,0 +1,206 @@
+"""Structured-config schemas for `conf/train.yaml`, registered in Hydra's ConfigStore.
+
+The YAML files under `conf/` hold the values; these dataclasses hold the keys and types, so
+a misspelt key (`model.nmae_or_path=...`, `sft.learning_rat=...`) fails when Hydra composes
+the config, naming the key, instead of half-way into a run.
+
+The `sft` schema is not written by hand: it is generated from TRL's own `SFTConfig`
+dataclass, so every SFTConfig field of the installed TRL is a valid `sft.<field>` key with
+TRL's default, and nothing else is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# Keys the recipe sets itself from `paths` and `logger`; setting them under `sft` would be
+# silently overridden, so the schema leaves them out and composition rejects them.
+SFT_KEYS_OWNED_BY_RECIPE = ("output_dir", "report_to", "logging_dir", "run_name")
+
+
+@dataclass
+class ModelConfig:
+    # Hub id (microsoft/Phi-3.5-mini-instruct) or a local directory with the same layout.
+    name_or_path: str = MISSING
+    # Short name used in the registered model name and run names.
+    short_name: str = MISSING
+    revision: Optional[str] = None
+    trust_remote_code: bool = False
+    # sdpa works everywhere; flash_attention_2 is used instead when installed and asked
+    # for with `auto`; eager is what the seed recipe used (slowest, most memory).
+    attn_implementation: str = "auto"
+    # auto: bfloat16 where the hardware supports it, else float32.
+    dtype: str = "auto"
+    # Pad token to use when the tokenizer has none, or has one equal to a stop token.
+    pad_token: str = "<|pad|>"
+    # Insert an empty system turn when a conversation has none (the seed recipe's
+    # behaviour; Phi-3's template then renders nothing for it).
+    add_empty_system_turn: bool = True
+
+
+@dataclass
+class PeftConfig:
+    # none | lora | qlora | dora
+    method: str = "none"
+    r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    # all-linear: every linear layer except the output head.
+    target_modules: Any = "all-linear"
+    bias: str = "none"
+    use_rslora: bool = False
+    # QLoRA only: 4-bit quantisation of the frozen base model.
+    load_in_4bit: bool = False
+    bnb_4bit_quant_type: str = "nf4"
+    bnb_4bit_use_double_quant: bool = True
+    bnb_4bit_compute_dtype: str = "bfloat16"
+
+
+@dataclass
+class DataConfig:
+    # Short name used in logs and MLflow.
+    name: str = MISSING
+    # Training file(s): local .jsonl/.json/.parquet/.csv, or a hub dataset id.
+    train_files: Any = MISSING
+    # Held-out file(s); with none, `test_size` of the training rows are held out.
+    eval_files: Any = None
+    # Hub datasets: config name and split expressions (`train_sft[:1%]`).
+    hub_config: Optional[str] = None
+    train_split: str = "train"
+    eval_split: Optional[str] = None
+    test_size: float = 0.2
+    # Cap on rows used (after the split); null uses all.
+    max_train_rows: Optional[int] = None
+    max_eval_rows: Optional[int] = None
+
+
+@dataclass
+class EvalConfig:
+    # Held-out conversations answered greedily before and after training; exact match of
+    # the last assistant turn is logged, and the answers as an MLflow table. 0 disables.
+    generate_samples: int = 0
+    max_new_tokens: int = 32
+
+
+@dataclass
+class TargetConfig:
+    # local: train in this process. Other targets submit the same config elsewhere.
+    name: str = "local"
+
+
+@dataclass
+class LoggerConfig:
+    # MLFLOW_TRACKING_URI wins when set; otherwise a sqlite file under paths.output_root.
+    tracking_uri: str = MISSING
+    experiment_name: str = "finetune-phi"
+    run_name: Optional[str] = None
+    # Log the model as an MLflow transformers chat model (task llm/v1/chat).
+    log_model: bool = True
+    # Register it under this name (null: log only).
+    registered_model_name: Optional[str] = None
+    # PEFT runs: merged (adapters folded into the base, servable as is) or adapter.
+    peft_save: str = "merged"
+    # Extra tags on the run.
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = MISSING
+    # Everything a run writes lives below this; runs never share a directory.
+    output_root: str = MISSING
+    output_dir: str = MISSING
+    # Built assets (the tiny model) and prepared data.
+    cache_dir: str = MISSING
+
+
+def _schema_type(tp: Any) -> Any:
+    """The closest type OmegaConf can validate; Any where it cannot."""
+    if tp in (int, float, bool, str):
+        return tp
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and args[0] in (int, float, bool, str):
+            return Optional[args[0]]
+    return Any
+
+
+def _schema_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return None
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+def sft_schema() -> type:
+    """A dataclass with one field per `trl.SFTConfig` field, TRL's default as default."""
+    from trl import SFTConfig
+
+    hints = typing.get_type_hints(SFTConfig)
+    fields = []
+    for f in dataclasses.fields(SFTConfig):
+        if not f.init or f.name.startswith("_") or f.name in SFT_KEYS_OWNED_BY_RECIPE:
+            continue
+        default = _schema_default(f)
+        tp = _schema_type(hints.get(f.name, Any))
+        if tp is not Any and default is not None and not isinstance(default, typing.get_args(tp) or tp):
+            tp = Any
+        if isinstance(default, (list, dict)):
+            fields.append((f.name, tp, field(default_factory=lambda v=default: v)))
+        else:
+            fields.append((f.name, tp, field(default=default)))
+    return dataclasses.make_dataclass("SFTSchema", fields)
+
+
+def make_train_schema() -> type:
+    SFTSchema = sft_schema()
+
+    @dataclass
+    class TrainConfig:
+        model: ModelConfig = field(default_factory=ModelConfig)
+        data: DataConfig = field(default_factory=DataConfig)
+        peft: PeftConfig = field(default_factory=PeftConfig)
+        sft: Any = field(default_factory=SFTSchema)
+        eval: EvalConfig = field(default_factory=EvalConfig)
+        target: TargetConfig = field(default_factory=TargetConfig)
+        logger: LoggerConfig = field(default_factory=LoggerConfig)
+        paths: PathsConfig = field(default_factory=PathsConfig)
+        task_name: str = "train"
+        seed: int = 0
+        # Set by +profile=NAME; recorded for logs and MLflow tags.
+        profile: Optional[str] = None
+
+    return TrainConfig
+
+
+def register_configs() -> None:
+    """Register the schema as `train_schema`, the first entry of train.yaml's defaults."""
+    ConfigStore.instance().store(name="train_schema", node=make_train_schema())
+    from train.tiny_model import ensure_tiny_phi3
+
+    resolvers = {
+        # ${project_root:}: this checkout, wherever the command is run from.
+        "project_root": lambda: str(PROJECT_ROOT),
+        # ${tiny_phi3:DIR}: the tiny offline model's directory, built on first use.
+        "tiny_phi3": ensure_tiny_phi3,
+    }
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)

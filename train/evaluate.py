@@ -1,0 +1,67 @@
+"""Generation-based evaluation: does the model answer held-out prompts better?
+
+Eval loss says the model fits held-out text; this says what a user sees. Each held-out
+conversation is cut before its last assistant turn, answered greedily through the chat
+template (as a deployment would), and compared with the reference answer.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def split_for_generation(messages: list[dict]) -> tuple[list[dict], str] | None:
+    """(prompt messages, reference answer) for the last assistant turn, or None."""
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i]["role"] == "assistant":
+            return messages[:i], messages[i]["content"]
+    return None
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int = 16):
+    """Greedy answers to chat prompts, batched with left padding."""
+    was_training = model.training
+    model.eval()
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    answers: list[str] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = tokenizer.apply_chat_template(
+                prompts[start : start + batch_size],
+                add_generation_prompt=True,
+                padding=True,
+                return_tensors="pt",
+                return_dict=True,
+            ).to(model.device)
+            out = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            new_tokens = out[:, batch["input_ids"].shape[1] :]
+            answers += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    finally:
+        tokenizer.padding_side = padding_side
+        model.train(was_training)
+    return answers
+
+
+def exact_match_eval(model, tokenizer, conversations, n: int, max_new_tokens: int):
+    """Exact match of greedy answers on the first `n` held-out conversations.
+
+    Returns (score in [0, 1], rows of prompt/reference/answer for an MLflow table).
+    """
+    pairs = [p for p in (split_for_generation(c) for c in conversations[:n]) if p]
+    if not pairs:
+        return 0.0, []
+    prompts, references = zip(*pairs)
+    answers = generate_answers(model, tokenizer, list(prompts), max_new_tokens)
+    rows = [
+        {"prompt": p[-1]["content"], "reference": r, "answer": a}
+        for p, r, a in zip(prompts, references, answers)
+    ]
+    score = sum(r["answer"] == r["reference"].strip() for r in rows) / len(rows)
+    return score, rows

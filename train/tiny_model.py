@@ -1,0 +1,155 @@
+"""A tiny Phi-3-architecture model and tokenizer, built offline and cached.
+
+The embedded default (`model=tiny`, used by `python -m train` with no arguments and by the
+tests) must run with no network. Rather than a special code path, this module *builds a
+model directory* that looks exactly like a hub checkout of Phi-3 (config.json,
+model.safetensors, tokenizer.json, tokenizer_config.json with a chat template), so the
+loading code in `train.model` is the same for the tiny model and for
+microsoft/Phi-3.5-mini-instruct.
+
+- Tokenizer: byte-level BPE trained with `tokenizers` on the bundled sample data, with
+  Phi-3's chat special tokens, `<|end|>` as EOS and a dedicated `<|pad|>` (never EOS: a pad
+  equal to EOS gets masked out of the labels and the model never learns to stop).
+- Model: `Phi3ForCausalLM` from a small `Phi3Config`, random weights with a fixed seed.
+
+The directory is keyed by a hash of everything that goes into it, written to a temporary
+sibling and renamed into place, so concurrent builders (several ranks, parallel tests)
+never see a half-written model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from train.sample_data import TRAIN_FILE
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|pad|>"]
+
+
+def phi35_chat_template() -> str:
+    """Phi-3.5-mini-instruct's own chat template, as TRL ships it.
+
+    Using TRL's copy means `sft.assistant_only_loss=true` works unchanged: TRL recognises
+    the template and swaps in its training variant with {% generation %} markers, exactly
+    as it does for the real model.
+    """
+    from trl.chat_template_utils import phi3_5_chat_template
+
+    return phi3_5_chat_template
+
+
+# Sized so the default run learns its task on two CPU cores in about a minute.
+MODEL_SHAPE = {
+    "vocab_size": 512,
+    "hidden_size": 64,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 512,
+}
+SEED = 0
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("FINETUNE_PHI_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "finetune-phi"
+    )
+    return Path(base)
+
+
+def _fingerprint() -> str:
+    h = hashlib.sha256()
+    h.update(TRAIN_FILE.read_bytes())
+    h.update(json.dumps([SPECIAL_TOKENS, phi35_chat_template(), MODEL_SHAPE, SEED]).encode())
+    return h.hexdigest()[:12]
+
+
+def build_tokenizer(corpus_file: Path = TRAIN_FILE):
+    """A byte-level BPE `PreTrainedTokenizerFast` trained on the sample conversations."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    def texts():
+        with corpus_file.open(encoding="utf-8") as f:
+            for line in f:
+                for message in json.loads(line)["messages"]:
+                    yield message["content"]
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=MODEL_SHAPE["vocab_size"],
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(texts(), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<|endoftext|>",
+        eos_token="<|end|>",
+        pad_token="<|pad|>",
+        unk_token="<|endoftext|>",
+        additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>"],
+        model_max_length=MODEL_SHAPE["max_position_embeddings"],
+        padding_side="right",
+    )
+    tokenizer.chat_template = phi35_chat_template()
+    return tokenizer
+
+
+def build_tiny_phi3(out_dir: Path) -> Path:
+    """Write a tiny Phi-3 checkpoint (weights, config, tokenizer) to `out_dir`."""
+    import torch
+    from transformers import GenerationConfig, Phi3Config, Phi3ForCausalLM
+
+    tokenizer = build_tokenizer()
+    ids = tokenizer.convert_tokens_to_ids
+    config = Phi3Config(
+        **MODEL_SHAPE,
+        bos_token_id=ids("<|endoftext|>"),
+        eos_token_id=ids("<|end|>"),
+        pad_token_id=ids("<|pad|>"),
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(SEED)
+    model = Phi3ForCausalLM(config)
+    # Chat turns end with <|end|>; stopping there is what the served model must do too.
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+        max_new_tokens=32,
+        do_sample=False,
+    )
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def ensure_tiny_phi3(cache_dir: str | os.PathLike | None = None) -> str:
+    """Path of the cached tiny model directory, building it on first use."""
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    target = root / f"tiny-phi3-{_fingerprint()}"
+    if (target / "config.json").exists():
+        return str(target)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-phi3-", dir=root))
+    try:
+        build_tiny_phi3(staging)
+        try:
+            staging.rename(target)
+        except OSError:
+            # Another process finished first; its copy is identical.
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(target)
