@@ -1,7 +1,7 @@
 """Use a model the training recipe registered in MLflow.
 
-    python -m deploy action=chat                   # chat with the latest registered version
-    python -m deploy action=chat model.version=2
+python -m deploy action=chat                   # chat with the latest registered version
+python -m deploy action=chat model.version=2
 """
 
 import hydra

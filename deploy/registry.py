@@ -9,7 +9,9 @@ class ModelNotFound(LookupError):
     pass
 
 
-def model_uri(client: MlflowClient, name: str, version: int | str | None = None, alias: str | None = None) -> str:
+def model_uri(
+    client: MlflowClient, name: str, version: int | str | None = None, alias: str | None = None
+) -> str:
     """`models:/NAME/VERSION` for an explicit version, an alias, or the latest version."""
     if version is not None and alias is not None:
         raise ValueError("set model.version or model.alias, not both")
@@ -23,7 +25,7 @@ def model_uri(client: MlflowClient, name: str, version: int | str | None = None,
         )
     if version is None:
         return f"models:/{name}/{max(int(v.version) for v in versions)}"
-    if str(version) not in {v.version for v in versions}:
+    if str(version) not in {str(v.version) for v in versions}:
         known = sorted(int(v.version) for v in versions)
         raise ModelNotFound(f"{name!r} has no version {version}; registered versions: {known}")
     return f"models:/{name}/{version}"

@@ -33,9 +33,18 @@ def tiny_cache(tmp_path_factory):
     """One tiny-model build per test session (or the developer's cache when set)."""
     cache = os.environ.get("FINETUNE_PHI_CACHE") or str(tmp_path_factory.mktemp("cache"))
     os.environ["FINETUNE_PHI_CACHE"] = cache
-    # Never let a developer's MLflow server or Azure workspace receive test runs.
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
     return Path(cache)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_ambient_mlflow_store():
+    """Never let a developer's MLflow server, an Azure workspace, or another test's store
+    receive a test's runs. (`mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI.)"""
+    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    if saved is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
 def compose_config(*overrides: str, tmp: Path | None = None):
@@ -48,6 +57,8 @@ def compose_config(*overrides: str, tmp: Path | None = None):
             cfg.paths.output_root = str(tmp / "outputs")
             cfg.paths.output_dir = str(tmp / "outputs" / "run")
     HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as @hydra.main hands it to the task function
     return cfg
 
 

@@ -1,11 +1,11 @@
 """Fine-tune a chat model with TRL's SFTTrainer, configured by Hydra.
 
-    python -m train                                  # tiny offline model, bundled data, CPU
-    python -m train +profile=a100                    # Phi-3.5-mini on ultrachat, one A100
-    python -m train +profile=24gb                    # QLoRA on a 24 GB consumer GPU
-    python -m train peft=lora sft.learning_rate=2e-4 # any SFTConfig field as sft.<field>
-    python -m train -m sft.learning_rate=1e-3,3e-3   # a sweep: one run per value
-    python -m train --cfg job                        # print the composed config and exit
+python -m train                                  # tiny offline model, bundled data, CPU
+python -m train +profile=a100                    # Phi-3.5-mini on ultrachat, one A100
+python -m train +profile=24gb                    # QLoRA on a 24 GB consumer GPU
+python -m train peft=lora sft.learning_rate=2e-4 # any SFTConfig field as sft.<field>
+python -m train -m sft.learning_rate=1e-3,3e-3   # a sweep: one run per value
+python -m train --cfg job                        # print the composed config and exit
 """
 
 import hydra

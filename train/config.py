@@ -35,7 +35,7 @@ class ModelConfig:
     name_or_path: str = MISSING
     # Short name used in the registered model name and run names.
     short_name: str = MISSING
-    revision: Optional[str] = None
+    revision: str | None = None
     trust_remote_code: bool = False
     # sdpa works everywhere; flash_attention_2 is used instead when installed and asked
     # for with `auto`; eager is what the seed recipe used (slowest, most memory).
@@ -71,18 +71,24 @@ class PeftConfig:
 class DataConfig:
     # Short name used in logs and MLflow.
     name: str = MISSING
-    # Training file(s): local .jsonl/.json/.parquet/.csv, or a hub dataset id.
+    # A local .jsonl/.json/.parquet/.csv file or a directory of them, or a hub dataset id.
     train_files: Any = MISSING
-    # Held-out file(s); with none, `test_size` of the training rows are held out.
+    # Held-out data (same kinds); with none, `test_size` of the training rows are held out.
     eval_files: Any = None
+    # Local sources: messages | sharegpt | alpaca | prompt_completion; null detects per row.
+    format: str | None = None
+    # fail: stop at the first bad row, naming file and line. skip: list it in rejects.jsonl.
+    on_error: str = "fail"
+    # Drop exact duplicate conversations (counted in stats.json).
+    dedupe: bool = False
     # Hub datasets: config name and split expressions (`train_sft[:1%]`).
-    hub_config: Optional[str] = None
+    hub_config: str | None = None
     train_split: str = "train"
-    eval_split: Optional[str] = None
+    eval_split: str | None = None
     test_size: float = 0.2
     # Cap on rows used (after the split); null uses all.
-    max_train_rows: Optional[int] = None
-    max_eval_rows: Optional[int] = None
+    max_train_rows: int | None = None
+    max_eval_rows: int | None = None
 
 
 @dataclass
@@ -104,11 +110,11 @@ class LoggerConfig:
     # MLFLOW_TRACKING_URI wins when set; otherwise a sqlite file under paths.output_root.
     tracking_uri: str = MISSING
     experiment_name: str = "finetune-phi"
-    run_name: Optional[str] = None
+    run_name: str | None = None
     # Log the model as an MLflow transformers chat model (task llm/v1/chat).
     log_model: bool = True
     # Register it under this name (null: log only).
-    registered_model_name: Optional[str] = None
+    registered_model_name: str | None = None
     # PEFT runs: merged (adapters folded into the base, servable as is) or adapter.
     peft_save: str = "merged"
     # Extra tags on the run.
@@ -133,7 +139,7 @@ def _schema_type(tp: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if len(args) == 1 and args[0] in (int, float, bool, str):
-            return Optional[args[0]]
+            return Optional[args[0]]  # noqa: UP045 - built at runtime for OmegaConf
     return Any
 
 
@@ -185,7 +191,7 @@ def make_train_schema() -> type:
         task_name: str = "train"
         seed: int = 0
         # Set by +profile=NAME; recorded for logs and MLflow tags.
-        profile: Optional[str] = None
+        profile: str | None = None
 
     return TrainConfig
 

@@ -1,39 +1,66 @@
 """Load chat data in ultrachat's `messages` schema as train and test splits.
 
-Local files (.jsonl/.json/.parquet/.csv) and hub datasets go through `datasets.load_dataset`;
-a hub id with a split expression (`train_sft[:1%]`) is what the seed recipe used.
+A local source (a .jsonl/.json/.parquet/.csv file or a directory of them, in any format
+`train.formats` knows) is validated, normalised and split by `train.prepare` into the run
+directory first, so a bad row stops the run before the model loads, named by file and line,
+and the exact files trained on stay with the run. A hub id with a split expression
+(`train_sft[:1%]`, the seed recipe's choice) goes through `datasets.load_dataset`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_dataset
 
 from train.model import ConfigError
+from train.prepare import SUFFIXES, prepare
 
 log = logging.getLogger(__name__)
 
-LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+def _one_source(files, key: str) -> str:
+    if isinstance(files, (str, Path)):
+        return str(files)
+    if len(files) == 1:
+        return str(files[0])
+    raise ConfigError(f"{key}: give one file or one directory of files, not {len(files)} paths")
 
 
-def _as_list(files) -> list[str]:
-    return [str(f) for f in ([files] if isinstance(files, (str, Path)) else files)]
+def _looks_local(source: str) -> bool:
+    return Path(source).exists() or Path(source).suffix in SUFFIXES
 
 
-def _load(files, hub_config: str | None, split: str) -> Dataset:
-    paths = _as_list(files)
-    if all(Path(p).exists() for p in paths):
-        suffixes = {Path(p).suffix for p in paths}
-        if len(suffixes) != 1 or next(iter(suffixes)) not in LOCAL_BUILDERS:
-            raise ConfigError(f"data files {paths}: expected one of {sorted(LOCAL_BUILDERS)}, all alike")
-        return load_dataset(LOCAL_BUILDERS[suffixes.pop()], data_files=paths, split="train")
-    if len(paths) == 1 and not Path(paths[0]).suffix:
-        return load_dataset(paths[0], hub_config, split=split)
-    missing = [p for p in paths if not Path(p).exists()]
-    raise ConfigError(f"data files not found: {missing} (data.train_files / data.eval_files)")
+def _prepare_local(data_cfg, seed: int, out_dir: Path) -> tuple[Dataset, Dataset]:
+    stats = prepare(
+        _one_source(data_cfg.train_files, "data.train_files"),
+        out_dir,
+        format=data_cfg.format,
+        on_error=data_cfg.on_error,
+        test_size=data_cfg.test_size,
+        eval_source=_one_source(data_cfg.eval_files, "data.eval_files") if data_cfg.eval_files else None,
+        seed=seed,
+        dedupe=data_cfg.dedupe,
+    )
+    if stats.rejected:
+        log.warning("%d rows rejected; see %s", stats.rejected, out_dir / "rejects.jsonl")
+
+    def load(name: str) -> Dataset:
+        return load_dataset("json", data_files=str(out_dir / name), split="train")
+
+    return load("train.jsonl"), load("test.jsonl")
+
+
+def _load_hub(data_cfg, seed: int) -> tuple[Dataset, Dataset]:
+    dataset_id = _one_source(data_cfg.train_files, "data.train_files")
+    train = load_dataset(dataset_id, data_cfg.hub_config, split=data_cfg.train_split)
+    if data_cfg.eval_split:
+        return train, load_dataset(dataset_id, data_cfg.hub_config, split=data_cfg.eval_split)
+    parts = train.train_test_split(test_size=data_cfg.test_size, seed=seed)
+    return parts["train"], parts["test"]
 
 
 def _keep_messages(ds: Dataset, add_empty_system_turn: bool) -> Dataset:
@@ -50,15 +77,13 @@ def _keep_messages(ds: Dataset, add_empty_system_turn: bool) -> Dataset:
     return ds.map(normalise, remove_columns=extra, desc="normalising messages")
 
 
-def load_splits(data_cfg, model_cfg, seed: int) -> DatasetDict:
-    train = _load(data_cfg.train_files, data_cfg.hub_config, data_cfg.train_split)
-    if data_cfg.eval_files:
-        test = _load(data_cfg.eval_files, data_cfg.hub_config, "train")
-    elif data_cfg.eval_split:
-        test = _load(data_cfg.train_files, data_cfg.hub_config, data_cfg.eval_split)
+def load_splits(data_cfg, model_cfg, seed: int, out_dir: Path) -> DatasetDict:
+    """Train and test splits; local sources are prepared into `out_dir` first."""
+    source = _one_source(data_cfg.train_files, "data.train_files")
+    if _looks_local(source):
+        train, test = _prepare_local(data_cfg, seed, out_dir)
     else:
-        parts = train.train_test_split(test_size=data_cfg.test_size, seed=seed)
-        train, test = parts["train"], parts["test"]
+        train, test = _load_hub(data_cfg, seed)
     if data_cfg.max_train_rows:
         train = train.select(range(min(data_cfg.max_train_rows, len(train))))
     if data_cfg.max_eval_rows:
@@ -67,14 +92,17 @@ def load_splits(data_cfg, model_cfg, seed: int) -> DatasetDict:
         train=_keep_messages(train, model_cfg.add_empty_system_turn),
         test=_keep_messages(test, model_cfg.add_empty_system_turn),
     )
-    log.info("data %s: %d train, %d test conversations", data_cfg.name, len(splits["train"]), len(splits["test"]))
+    log.info(
+        "data %s: %d train, %d test conversations", data_cfg.name, len(splits["train"]), len(splits["test"])
+    )
     return splits
 
 
 def data_fingerprint(splits: DatasetDict) -> str:
-    """A short content hash of the exact rows trained and evaluated on (an MLflow tag)."""
+    """A short hash of the exact conversations trained and evaluated on (an MLflow tag)."""
     h = hashlib.sha256()
     for name in sorted(splits):
         h.update(name.encode())
-        h.update(splits[name]._fingerprint.encode())
+        for messages in splits[name]["messages"]:
+            h.update(json.dumps(messages, ensure_ascii=False, sort_keys=True).encode())
     return h.hexdigest()[:16]

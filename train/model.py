@@ -37,20 +37,21 @@ def resolve_dtype(requested: str) -> torch.dtype:
     try:
         return getattr(torch, requested)
     except AttributeError:
-        raise ConfigError(f"model.dtype={requested!r} is not a torch dtype (auto, bfloat16, float32, ...)")
+        raise ConfigError(
+            f"model.dtype={requested!r} is not a torch dtype (auto, bfloat16, float32, ...)"
+        ) from None
 
 
 def check_peft_hardware(peft_cfg) -> None:
     """Fail before anything large is loaded when the PEFT method cannot run here."""
     if peft_cfg.method not in ("none", "lora", "qlora", "dora"):
         raise ConfigError(f"peft={peft_cfg.method!r} is not one of none, lora, qlora, dora")
-    if peft_cfg.method == "qlora" or peft_cfg.load_in_4bit:
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                "peft=qlora quantises the base model to 4 bits with bitsandbytes, which needs a "
-                "CUDA GPU and none is visible here. Use peft=lora (or peft=none) on this machine, "
-                "or run +profile=24gb on a GPU box or with target=azureml."
-            )
+    if (peft_cfg.method == "qlora" or peft_cfg.load_in_4bit) and not torch.cuda.is_available():
+        raise ConfigError(
+            "peft=qlora quantises the base model to 4 bits with bitsandbytes, which needs a "
+            "CUDA GPU and none is visible here. Use peft=lora (or peft=none) on this machine, "
+            "or run +profile=24gb on a GPU machine."
+        )
 
 
 def load_tokenizer(model_cfg) -> PreTrainedTokenizerBase:

@@ -66,7 +66,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     output_dir.mkdir(parents=True, exist_ok=True)
 
     tokenizer = model.load_tokenizer(cfg.model)
-    splits = data.load_splits(cfg.data, cfg.model, cfg.seed)
+    splits = data.load_splits(cfg.data, cfg.model, cfg.seed, output_dir / "data")
     lm = model.load_model(cfg.model, cfg.peft, tokenizer)
     args = sft_args(cfg)
     trainer = SFTTrainer(
@@ -83,7 +83,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     is_main = trainer.is_world_process_zero()
     metrics: dict[str, float] = {}
     with mlflow.start_run(experiment_id=experiment_id, run_name=cfg.logger.run_name) as active:
-        mlflow.set_tags({"profile": str(cfg.get("profile")), "hydra.overrides": _overrides(cfg), **cfg.logger.tags})
+        mlflow.set_tags(
+            {"profile": str(cfg.get("profile")), "hydra.overrides": _overrides(cfg), **cfg.logger.tags}
+        )
         mlflow.log_params(tracking.flatten_params(cfg, sft_defaults()))
         mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
         tracking.log_tokenizer_artifacts(tokenizer, output_dir / "tokenizer_info")
@@ -111,9 +113,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
             metrics["exact_match_after"], rows = evaluate.exact_match_eval(
                 trainer.model, tokenizer, held_out, n_gen, cfg.eval.max_new_tokens
             )
-            mlflow.log_table({k: [r[k] for r in rows] for k in ("prompt", "reference", "answer")}, "eval/answers.json")
+            mlflow.log_table(
+                {k: [r[k] for r in rows] for k in ("prompt", "reference", "answer")}, "eval/answers.json"
+            )
         mlflow.log_metrics(metrics)
-        mlflow.log_artifact(str(tracking.log_loss_curve(trainer.state.log_history, output_dir / "loss_curve.png")))
+        mlflow.log_artifact(
+            str(tracking.log_loss_curve(trainer.state.log_history, output_dir / "loss_curve.png"))
+        )
 
         version = None
         if cfg.logger.log_model and is_main:
@@ -167,5 +173,7 @@ def print_summary(summary: dict) -> None:
     if summary["registered_model"]:
         name, version = summary["registered_model"].split("/")
         lines.append(f"  registered     models:/{name}/{version}")
-        lines.append(f"  chat with it   python -m deploy action=chat model.name={name} model.version={version}")
+        lines.append(
+            f"  chat with it   python -m deploy action=chat model.name={name} model.version={version}"
+        )
     print("\n".join(lines))

@@ -3,9 +3,11 @@
 `python -m train` with no arguments fine-tunes on this data, so it has to show a real
 fine-tune in under two minutes on a CPU: the loss must fall a lot, and the model must
 visibly get better on prompts it never saw. The tasks are therefore rules over random word
-combinations (copy, pick the first or last word, count, next weekday) rather than facts:
-a held-out prompt is a new combination of the same rule, so improvement there is real
-generalisation, measured as exact match by `train.evaluate`.
+combinations (count the words, pick the first or last word, name a word's category, name
+the next weekday) rather than facts: a held-out prompt is a new combination of the same
+rule, so improvement there is generalisation, measured as exact match by `train.evaluate`.
+(Copying a whole phrase was tried and dropped: a 2-layer model does not learn it in the
+one-minute budget.)
 
 Rows use ultrachat's `messages` schema; some carry a system turn, some are two turns long.
 The committed files under `train/assets/` are this module's output:
@@ -22,13 +24,15 @@ ASSETS_DIR = Path(__file__).parent / "assets"
 TRAIN_FILE = ASSETS_DIR / "sample_train.jsonl"
 TEST_FILE = ASSETS_DIR / "sample_test.jsonl"
 
-WORDS = (
-    "apple river stone cloud tiger piano lemon rocket garden silver candle forest "
-    "window dragon pepper marble violet ocean copper meadow falcon harbor lantern "
-    "maple rabbit thunder velvet willow anchor bridge cactus dolphin ember feather "
-    "glacier hammer island jungle kettle ladder magnet needle orchid pebble quartz "
-    "saddle tulip urchin walnut yarrow zebra"
-).split()
+CATEGORIES = {
+    "fruit": ["apple", "lemon", "mango", "cherry", "plum", "grape", "melon", "peach"],
+    "animal": ["tiger", "rabbit", "zebra", "dolphin", "falcon", "urchin", "otter", "lizard"],
+    "colour": ["violet", "silver", "amber", "crimson", "indigo", "olive", "teal", "coral"],
+    "tool": ["hammer", "needle", "ladder", "magnet", "kettle", "anchor", "saddle", "lantern"],
+    "place": ["river", "forest", "garden", "harbor", "island", "jungle", "meadow", "glacier"],
+}
+CATEGORY_OF = {word: kind for kind, words in CATEGORIES.items() for word in words}
+WORDS = sorted(CATEGORY_OF)
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six"]
 SYSTEM_PROMPTS = [
@@ -47,7 +51,8 @@ def _task(rng: random.Random) -> tuple[str, str]:
     words = _phrase(rng)
     text = " ".join(words)
     if kind == 0:
-        return f"Repeat exactly: {text}", text
+        word = rng.choice(WORDS)
+        return f"What kind of thing is {word}?", CATEGORY_OF[word]
     if kind == 1:
         return f"What is the first word of: {text}", words[0]
     if kind == 2:
@@ -71,7 +76,7 @@ def make_conversation(rng: random.Random) -> dict:
     return {"prompt": first_user, "messages": messages}
 
 
-def generate(n_train: int = 4000, n_test: int = 200, seed: int = 1234) -> tuple[list, list]:
+def generate(n_train: int = 2500, n_test: int = 200, seed: int = 1234) -> tuple[list, list]:
     """Train and test rows; no test prompt occurs in the training rows."""
     rng = random.Random(seed)
     train = [make_conversation(rng) for _ in range(n_train)]

@@ -9,9 +9,13 @@ from deploy.chat import chat_loop
 from deploy.registry import ModelNotFound, model_uri
 
 
-@pytest.fixture
-def client(tmp_path):
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", registry_uri=f"sqlite:///{tmp_path}/mlflow.db")
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    # One store for the module: creating an MLflow sqlite schema takes seconds.
+    tmp_path = tmp_path_factory.mktemp("registry")
+    client = MlflowClient(
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", registry_uri=f"sqlite:///{tmp_path}/mlflow.db"
+    )
     client.create_registered_model("m")
     for _ in range(3):
         client.create_model_version("m", source=str(tmp_path))
@@ -40,7 +44,12 @@ def test_chat_sends_the_whole_history_and_resets():
 
     def predict(request):
         seen.append([m["content"] for m in request["messages"]])
-        return [{"object": "chat.completion", "choices": [{"message": {"role": "assistant", "content": f"a{len(seen)}"}}]}]
+        return [
+            {
+                "object": "chat.completion",
+                "choices": [{"message": {"role": "assistant", "content": f"a{len(seen)}"}}],
+            }
+        ]
 
     out = []
     final = chat_loop(predict, ["hi", "again", "/reset", "fresh"], write=out.append, system="be brief")

@@ -6,8 +6,8 @@ import os
 import subprocess
 import sys
 
-import mlflow
 import pytest
+from mlflow.tracking import MlflowClient
 
 from train.config import PROJECT_ROOT
 
@@ -41,9 +41,9 @@ def test_multirun_gives_one_run_dir_and_one_mlflow_run_per_point(tmp_path):
     (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
     assert all((sweep / n / "summary.json").exists() for n in ("0", "1"))
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/outputs/mlflow.db")
-    runs = mlflow.search_runs(experiment_names=["finetune-phi"])
-    assert sorted(runs["params.sft.learning_rate"]) == ["0.001", "0.003"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("finetune-phi").experiment_id])
+    assert sorted(r.data.params["sft.learning_rate"] for r in runs) == ["0.001", "0.003"]
 
 
 def test_unknown_profile_is_named_with_the_available_ones(tmp_path):

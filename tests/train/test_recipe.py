@@ -40,7 +40,9 @@ def test_loss_fell(trained):
 
 def test_mlflow_run_has_params_metrics_and_artifacts(trained):
     cfg, metrics, client = trained
-    run_id = client.search_runs([client.get_experiment_by_name(cfg.logger.experiment_name).experiment_id])[0].info.run_id
+    run_id = client.search_runs([client.get_experiment_by_name(cfg.logger.experiment_name).experiment_id])[
+        0
+    ].info.run_id
     logged = client.get_run(run_id).data
     assert {"loss", "eval_loss", "learning_rate", "train_tokens_per_second"} <= set(logged.metrics)
     assert len(client.get_metric_history(run_id, "loss")) > 1  # a curve, not a point

@@ -1,0 +1,160 @@
+"""Turn one chat record, in any of the common dataset formats, into ultrachat's `messages` list.
+
+Training reads a single schema (`[{"role": "system"|"user"|"assistant", "content": str}, ...]`),
+but chat data on disk comes as OpenAI/ultrachat `messages`, ShareGPT `conversations`, Alpaca
+`instruction`/`input`/`output` or plain `prompt`/`completion`. Converting here, one record at a
+time, lets `train.prepare` say exactly which row is bad and why: a `RowError` carries a short
+reason that a person can act on, and the caller adds the file and line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion")
+ROLES = ("system", "user", "assistant")
+# ShareGPT speakers; "user"/"assistant" appear in some exports instead of "human"/"gpt".
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+}
+
+# Keys that identify a format, checked in this order: ultrachat rows carry both `prompt` and
+# `messages`, and must count as `messages`.
+_DETECT = (
+    ("messages", ("messages",)),
+    ("sharegpt", ("conversations",)),
+    ("alpaca", ("instruction", "output")),
+    ("prompt_completion", ("prompt", "completion")),
+)
+
+Messages = list[dict[str, str]]
+
+
+class RowError(ValueError):
+    """One record that cannot be used; the message is the reason, without its location."""
+
+
+def detect_format(record: Any) -> str:
+    """The record's format from its keys (see `_DETECT` for the precedence)."""
+    _require_object(record)
+    for name, keys in _DETECT:
+        if any(key in record for key in keys):
+            return name
+    seen = ", ".join(sorted(map(str, record))) or "none"
+    raise RowError(f"no known format ({', '.join(FORMATS)}) matches the keys: {seen}")
+
+
+def to_messages(record: Any, format: str | None = None) -> Messages:
+    """The record as a validated `messages` list; `format` overrides auto-detection."""
+    if format is not None and format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
+    _require_object(record)
+    name = format or detect_format(record)
+    messages = _CONVERTERS[name](record)
+    if not any(m["role"] == "assistant" for m in messages):
+        raise RowError("no assistant turn")
+    return messages
+
+
+def _require_object(record: Any) -> None:
+    if not isinstance(record, dict):
+        raise RowError(f"record is not a JSON object (got {_kind(record)})")
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise RowError(f"{where} is not a string (got {_kind(value)})")
+    if not value.strip():
+        raise RowError(f"{where} is empty")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise RowError(f"{where} is not valid Unicode ({e.reason})") from None
+    return value
+
+
+def _field(record: dict, key: str, owner: str) -> Any:
+    if key not in record:
+        raise RowError(f"{owner} has no {key!r} field")
+    return record[key]
+
+
+def _required_text(record: dict, key: str, format: str) -> str:
+    return _text(_field(record, key, f"{format} record"), key)
+
+
+def _optional_text(record: dict, key: str) -> str:
+    """An optional string field; absent, null and blank all mean "not given"."""
+    value = record.get(key)
+    if value is not None and not isinstance(value, str):
+        raise RowError(f"{key} is not a string (got {_kind(value)})")
+    return value if value and value.strip() else ""
+
+
+def _turns(record: dict, key: str) -> list:
+    turns = _field(record, key, "record")
+    if not isinstance(turns, list):
+        raise RowError(f"{key!r} is not a list (got {_kind(turns)})")
+    if not turns:
+        raise RowError(f"{key!r} is empty")
+    return turns
+
+
+def _from_messages(record: dict) -> Messages:
+    messages = []
+    for i, turn in enumerate(_turns(record, "messages")):
+        where = f"messages[{i}]"
+        if not isinstance(turn, dict):
+            raise RowError(f"{where} is not an object (got {_kind(turn)})")
+        role = _field(turn, "role", where)
+        if not isinstance(role, str) or role not in ROLES:
+            raise RowError(f"{where}: unknown role {role!r} (expected {', '.join(ROLES)})")
+        messages.append({"role": role, "content": _text(_field(turn, "content", where), f"{where} content")})
+    return messages
+
+
+def _from_sharegpt(record: dict) -> Messages:
+    messages = []
+    for i, turn in enumerate(_turns(record, "conversations")):
+        where = f"conversations[{i}]"
+        if not isinstance(turn, dict):
+            raise RowError(f"{where} is not an object (got {_kind(turn)})")
+        speaker = _field(turn, "from", where)
+        if not isinstance(speaker, str) or speaker not in SHAREGPT_ROLES:
+            raise RowError(f"{where}: unknown speaker {speaker!r} (expected {', '.join(SHAREGPT_ROLES)})")
+        content = _text(_field(turn, "value", where), f"{where} value")
+        messages.append({"role": SHAREGPT_ROLES[speaker], "content": content})
+    return messages
+
+
+def _from_alpaca(record: dict) -> Messages:
+    user = _required_text(record, "instruction", "alpaca")
+    if extra := _optional_text(record, "input"):
+        user += "\n\n" + extra
+    messages = [{"role": "user", "content": user}]
+    if system := _optional_text(record, "system"):
+        messages.insert(0, {"role": "system", "content": system})
+    messages.append({"role": "assistant", "content": _required_text(record, "output", "alpaca")})
+    return messages
+
+
+def _from_prompt_completion(record: dict) -> Messages:
+    prompt = _required_text(record, "prompt", "prompt_completion")
+    completion = _required_text(record, "completion", "prompt_completion")
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+
+
+_CONVERTERS = {
+    "messages": _from_messages,
+    "sharegpt": _from_sharegpt,
+    "alpaca": _from_alpaca,
+    "prompt_completion": _from_prompt_completion,
+}
