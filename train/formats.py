@@ -108,31 +108,27 @@ def _turns(record: dict, key: str) -> list:
     return turns
 
 
-def _from_messages(record: dict) -> Messages:
+def _from_turns(record: dict, key: str, role_key: str, content_key: str, roles: dict, noun: str) -> Messages:
+    """Turn lists: `messages` (role/content) and ShareGPT `conversations` (from/value)."""
     messages = []
-    for i, turn in enumerate(_turns(record, "messages")):
-        where = f"messages[{i}]"
+    for i, turn in enumerate(_turns(record, key)):
+        where = f"{key}[{i}]"
         if not isinstance(turn, dict):
             raise RowError(f"{where} is not an object (got {_kind(turn)})")
-        role = _field(turn, "role", where)
-        if not isinstance(role, str) or role not in ROLES:
-            raise RowError(f"{where}: unknown role {role!r} (expected {', '.join(ROLES)})")
-        messages.append({"role": role, "content": _text(_field(turn, "content", where), f"{where} content")})
+        speaker = _field(turn, role_key, where)
+        if not isinstance(speaker, str) or speaker not in roles:
+            raise RowError(f"{where}: unknown {noun} {speaker!r} (expected {', '.join(roles)})")
+        content = _text(_field(turn, content_key, where), f"{where} {content_key}")
+        messages.append({"role": roles[speaker], "content": content})
     return messages
+
+
+def _from_messages(record: dict) -> Messages:
+    return _from_turns(record, "messages", "role", "content", {r: r for r in ROLES}, "role")
 
 
 def _from_sharegpt(record: dict) -> Messages:
-    messages = []
-    for i, turn in enumerate(_turns(record, "conversations")):
-        where = f"conversations[{i}]"
-        if not isinstance(turn, dict):
-            raise RowError(f"{where} is not an object (got {_kind(turn)})")
-        speaker = _field(turn, "from", where)
-        if not isinstance(speaker, str) or speaker not in SHAREGPT_ROLES:
-            raise RowError(f"{where}: unknown speaker {speaker!r} (expected {', '.join(SHAREGPT_ROLES)})")
-        content = _text(_field(turn, "value", where), f"{where} value")
-        messages.append({"role": SHAREGPT_ROLES[speaker], "content": content})
-    return messages
+    return _from_turns(record, "conversations", "from", "value", SHAREGPT_ROLES, "speaker")
 
 
 def _from_alpaca(record: dict) -> Messages:
