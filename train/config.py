@@ -71,19 +71,27 @@ class PeftConfig:
 class DataConfig:
     # Short name used in logs and MLflow.
     name: str = MISSING
-    # A local .jsonl/.json/.parquet/.csv file or a directory of them, or a hub dataset id.
-    train_files: Any = MISSING
-    # Held-out data (same kinds); with none, `test_size` of the training rows are held out.
-    eval_files: Any = None
-    # Local sources: messages | sharegpt | alpaca | prompt_completion; null detects per row.
+    # A local .jsonl/.json/.parquet/.csv file or a directory of them, or a hub dataset id
+    # (or a folder in the hub's layout) read with `split`.
+    source: str = MISSING
+    # Held-out data (same kinds); with none (and no eval_split), `test_size` of the rows are held out.
+    eval_source: str | None = None
+    # Where the prepared files go; null: a cache folder named by a hash of the source content
+    # and every setting below, so an unchanged dataset is prepared once.
+    output_dir: str | None = None
+    # messages | sharegpt | alpaca | prompt_completion; null detects the format per row.
     format: str | None = None
     # fail: stop at the first bad row, naming file and line. skip: list it in rejects.jsonl.
     on_error: str = "fail"
     # Drop exact duplicate conversations (counted in stats.json).
     dedupe: bool = False
+    # Conversations longer than max_length tokens: truncate (keep the whole turns that fit)
+    # or drop. Both are counted in stats.json and listed in rejects.jsonl when dropped.
+    max_length: Optional[int] = "${sft.max_length}"  # noqa: UP045 - OmegaConf needs Optional
+    length_policy: str = "truncate"
     # Hub datasets: config name and split expressions (`train_sft[:1%]`).
     hub_config: str | None = None
-    train_split: str = "train"
+    split: str | None = None
     eval_split: str | None = None
     test_size: float = 0.2
     # Cap on rows used (after the split); null uses all.
@@ -100,9 +108,56 @@ class EvalConfig:
 
 
 @dataclass
+class AzureWorkspaceConfig:
+    # null: AZURE_SUBSCRIPTION_ID / AZURE_RESOURCE_GROUP / AZUREML_WORKSPACE_NAME, or, when none
+    # of the three is set, azure-ai-ml's config.json (searched upwards from the cwd or config_path).
+    subscription_id: str | None = None
+    resource_group: str | None = None
+    workspace_name: str | None = None
+    config_path: str | None = None
+    # default: DefaultAzureCredential | azure_cli: AzureCliCredential (`az login`).
+    credential: str = "default"
+
+
+@dataclass
+class AzureComputeConfig:
+    # An AmlCompute cluster, created if missing; an existing one of another size is an error.
+    name: str = MISSING
+    size: str = MISSING
+    # GPUs per node of `size` (0: CPU): checked against the config before anything is created.
+    gpus_per_node: int = MISSING
+    min_instances: int = 0
+    max_instances: int = 1
+    idle_time_before_scale_down: int = 120  # seconds
+    tier: str = "dedicated"  # dedicated | low_priority (preemptible; the job resumes from checkpoints)
+    location: str | None = None  # null: the workspace's region
+    # null | system_assigned | a user-assigned identity's resource id (what the nodes run as).
+    identity: str | None = None
+
+
+@dataclass
+class AzureEnvironmentConfig:
+    name: str = "finetune-phi-train"
+    # null: build docker/train.Dockerfile (the pinned stack) in the workspace, versioned by a
+    # hash of its content; or an image already pushed, e.g. myacr.azurecr.io/finetune-phi-train:1.
+    image: str | None = None
+
+
+@dataclass
 class TargetConfig:
-    # local: train in this process. Other targets submit the same config elsewhere.
+    # local: train in this process. azureml: submit the same config as an Azure ML command job.
     name: str = "local"
+    # Azure ML only (conf/target/azureml.yaml):
+    workspace: AzureWorkspaceConfig | None = None
+    compute: AzureComputeConfig | None = None
+    environment: AzureEnvironmentConfig | None = None
+    instance_count: int = 1  # nodes; >1 or process_count_per_instance > 1 uses PyTorchDistribution
+    process_count_per_instance: int = 1  # processes (GPUs) per node
+    # null: the job runs as the compute's identity | user: as you | managed: the compute's managed identity.
+    job_identity: str | None = None
+    display_name: str | None = None
+    dry_run: bool = False  # write the job/compute/environment YAML into the run dir, call nothing
+    stream: bool = True  # stream the job's logs until it ends (false: submit and return)
 
 
 @dataclass
@@ -119,6 +174,20 @@ class LoggerConfig:
     peft_save: str = "merged"
     # Extra tags on the run.
     tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class HardwareConfig:
+    # What `estimate=true` compares against and prices (conf/hardware/, sources there).
+    name: str = MISSING
+    gpus: int = 1
+    gpu_memory_gib: float = MISSING
+    # Price of the whole machine (all its GPUs); null when it has no public hourly price.
+    usd_per_hour: float | None = None
+    # Training throughput per GPU, by method (full | lora | qlora; dora counts as lora), for a
+    # model of `reference_params` parameters; other sizes scale by reference_params / params.
+    tokens_per_second: dict[str, float] = field(default_factory=dict)
+    reference_params: float = 3.82e9
 
 
 @dataclass
@@ -192,6 +261,18 @@ def make_train_schema() -> type:
         seed: int = 0
         # Set by +profile=NAME; recorded for logs and MLflow tags.
         profile: str | None = None
+        # Names the run folder; the same on every rank and on a rerun (train/launch.py).
+        run_id: str = MISSING
+        # auto: continue from this run folder's newest complete checkpoint | none | PATH.
+        resume: str = "auto"
+        # Print memory, tokens, time and cost for this config, load no weights, train nothing.
+        estimate: bool = False
+        hardware: HardwareConfig = field(default_factory=HardwareConfig)
+        # accelerate config this profile is meant to be launched with (conf/accelerate/).
+        accelerate_config: str | None = None
+        # Print N prepared examples as the trainer sees them (trained tokens marked) before
+        # training; `python -m train.prepare preview=N` prints them without training.
+        preview: int = 0
 
     return TrainConfig
 
@@ -199,6 +280,7 @@ def make_train_schema() -> type:
 def register_configs() -> None:
     """Register the schema as `train_schema`, the first entry of train.yaml's defaults."""
     ConfigStore.instance().store(name="train_schema", node=make_train_schema())
+    from train.launch import launch_id, rank_suffix
     from train.tiny_model import ensure_tiny_phi3
 
     resolvers = {
@@ -206,6 +288,10 @@ def register_configs() -> None:
         "project_root": lambda: str(PROJECT_ROOT),
         # ${tiny_phi3:DIR}: the tiny offline model's directory, built on first use.
         "tiny_phi3": ensure_tiny_phi3,
+        # ${launch_id:}: the run folder's name, shared by every rank of a launch.
+        "launch_id": launch_id,
+        # ${rank_suffix:}: "" on rank 0, ".rank1" etc. elsewhere (one log file per rank).
+        "rank_suffix": rank_suffix,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -1,10 +1,10 @@
-"""Load chat data in ultrachat's `messages` schema as train and test splits.
+"""The training side of data preparation: prepare `cfg.data` once, then load what the trainer needs.
 
-A local source (a .jsonl/.json/.parquet/.csv file or a directory of them, in any format
-`train.formats` knows) is validated, normalised and split by `train.prepare` into the run
-directory first, so a bad row stops the run before the model loads, named by file and line,
-and the exact files trained on stay with the run. A hub id with a split expression
-(`train_sft[:1%]`, the seed recipe's choice) goes through `datasets.load_dataset`.
+Every source, local or hub, goes through `train.prepare` before the model loads: a bad row
+stops the run named by file and line, long conversations meet the length policy, and the rows
+are tokenized in batches exactly as TRL would (ids and loss labels). The result is cached in a
+folder named by a hash of the source's content and every setting that changes the output, so
+an unchanged dataset is prepared once and a changed file is never served stale.
 """
 
 from __future__ import annotations
@@ -12,90 +12,166 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict, load_dataset
+from datasets import Dataset, DatasetDict, concatenate_datasets
+from omegaconf import DictConfig, ListConfig
 
-from train.model import ConfigError
-from train.prepare import SUFFIXES, prepare
+from train.prepare import ChatTokenizer, DataError, Source, prepare
 
 log = logging.getLogger(__name__)
 
-
-def _one_source(files, key: str) -> str:
-    if isinstance(files, (str, Path)):
-        return str(files)
-    if len(files) == 1:
-        return str(files[0])
-    raise ConfigError(f"{key}: give one file or one directory of files, not {len(files)} paths")
+# Bump when the prepared files' layout or content rules change: old cache entries then miss.
+PREPARE_VERSION = 1
+MANIFEST = "manifest.json"  # written last: a folder without it is incomplete
 
 
-def _looks_local(source: str) -> bool:
-    return Path(source).exists() or Path(source).suffix in SUFFIXES
+@dataclass(frozen=True)
+class PreparedData:
+    """A folder with train.jsonl, test.jsonl (+ .tokens.parquet with a tokenizer), stats.json."""
+
+    dir: Path
+    stats: dict
+    reused: bool  # True when an earlier identical preparation was used as is
 
 
-def _prepare_local(data_cfg, seed: int, out_dir: Path) -> tuple[Dataset, Dataset]:
+def _single(value, key: str) -> str | None:
+    # The schema types these keys as strings; this guards configs built outside Hydra.
+    if isinstance(value, (list, tuple, ListConfig)):
+        raise DataError(f"{key}: give one file, one directory or one dataset id, not {len(value)} paths")
+    return None if value is None else str(value)
+
+
+def sources(data_cfg: DictConfig) -> tuple[Source, Source | None]:
+    """The train source and the optional eval source of a `data` config."""
+    location = _single(data_cfg.source, "data.source")
+    train = Source(location, data_cfg.hub_config, data_cfg.split)
+    eval_location = _single(data_cfg.eval_source, "data.eval_source")
+    if eval_location:
+        return train, Source(eval_location, data_cfg.hub_config, data_cfg.eval_split)
+    if data_cfg.eval_split:
+        return train, Source(location, data_cfg.hub_config, data_cfg.eval_split)
+    return train, None
+
+
+def prepare_for(cfg: DictConfig, tokenizer=None) -> PreparedData:
+    """Prepare `cfg.data` into `data.output_dir` (or the cache), reusing an identical earlier result.
+
+    With a tokenizer the rows are also tokenized with `cfg.sft.assistant_only_loss`'s mask and
+    `data.max_length`/`data.length_policy` applied; without one (e.g. to upload the files) they
+    are validated, converted and split only.
+    """
+    data_cfg = cfg.data
+    train_source, eval_source = sources(data_cfg)
+    opened_train = train_source.open()
+    opened_eval = eval_source.open() if eval_source else None
+    chat_tokenizer = (
+        ChatTokenizer(tokenizer, cfg.sft.assistant_only_loss, cfg.model.add_empty_system_turn)
+        if tokenizer is not None
+        else None
+    )
+    settings = {
+        "version": PREPARE_VERSION,
+        "source": opened_train.fingerprint,
+        "eval_source": opened_eval.fingerprint if opened_eval else None,
+        "format": data_cfg.format,
+        "on_error": data_cfg.on_error,
+        "dedupe": data_cfg.dedupe,
+        "test_size": None if opened_eval else data_cfg.test_size,
+        "seed": cfg.seed,
+        "tokenizer": chat_tokenizer.fingerprint() if chat_tokenizer else None,
+        "max_length": data_cfg.max_length if chat_tokenizer else None,
+        "length_policy": data_cfg.length_policy if chat_tokenizer else None,
+    }
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    out = (
+        Path(data_cfg.output_dir)
+        if data_cfg.output_dir
+        else Path(cfg.paths.cache_dir) / "prepared" / key[:16]
+    )
+
+    manifest = out / MANIFEST
+    if manifest.is_file() and json.loads(manifest.read_text(encoding="utf-8")).get("key") == key:
+        log.info("data %s: reusing %s (same content and settings)", data_cfg.name, out)
+        return PreparedData(out, json.loads((out / "stats.json").read_text(encoding="utf-8")), True)
+    _claim(out)
     stats = prepare(
-        _one_source(data_cfg.train_files, "data.train_files"),
-        out_dir,
+        opened_train,
+        out,
         format=data_cfg.format,
         on_error=data_cfg.on_error,
         test_size=data_cfg.test_size,
-        eval_source=_one_source(data_cfg.eval_files, "data.eval_files") if data_cfg.eval_files else None,
-        seed=seed,
+        eval_source=opened_eval,
+        seed=cfg.seed,
         dedupe=data_cfg.dedupe,
+        tokenizer=chat_tokenizer,
+        max_length=data_cfg.max_length,
+        length_policy=data_cfg.length_policy,
     )
-    if stats.rejected:
-        log.warning("%d rows rejected; see %s", stats.rejected, out_dir / "rejects.jsonl")
-
-    def load(name: str) -> Dataset:
-        return load_dataset("json", data_files=str(out_dir / name), split="train")
-
-    return load("train.jsonl"), load("test.jsonl")
-
-
-def _load_hub(data_cfg, seed: int) -> tuple[Dataset, Dataset]:
-    dataset_id = _one_source(data_cfg.train_files, "data.train_files")
-    train = load_dataset(dataset_id, data_cfg.hub_config, split=data_cfg.train_split)
-    if data_cfg.eval_split:
-        return train, load_dataset(dataset_id, data_cfg.hub_config, split=data_cfg.eval_split)
-    parts = train.train_test_split(test_size=data_cfg.test_size, seed=seed)
-    return parts["train"], parts["test"]
-
-
-def _keep_messages(ds: Dataset, add_empty_system_turn: bool) -> Dataset:
-    if "messages" not in ds.column_names:
-        raise ConfigError(f"dataset has no 'messages' column (columns: {ds.column_names})")
-
-    def normalise(row):
-        messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
-        if add_empty_system_turn and messages and messages[0]["role"] != "system":
-            messages.insert(0, {"role": "system", "content": ""})
-        return {"messages": messages}
-
-    extra = [c for c in ds.column_names if c != "messages"]
-    return ds.map(normalise, remove_columns=extra, desc="normalising messages")
-
-
-def load_splits(data_cfg, model_cfg, seed: int, out_dir: Path) -> DatasetDict:
-    """Train and test splits; local sources are prepared into `out_dir` first."""
-    source = _one_source(data_cfg.train_files, "data.train_files")
-    if _looks_local(source):
-        train, test = _prepare_local(data_cfg, seed, out_dir)
-    else:
-        train, test = _load_hub(data_cfg, seed)
-    if data_cfg.max_train_rows:
-        train = train.select(range(min(data_cfg.max_train_rows, len(train))))
-    if data_cfg.max_eval_rows:
-        test = test.select(range(min(data_cfg.max_eval_rows, len(test))))
-    splits = DatasetDict(
-        train=_keep_messages(train, model_cfg.add_empty_system_turn),
-        test=_keep_messages(test, model_cfg.add_empty_system_turn),
+    manifest.write_text(
+        json.dumps({"key": key, "settings": settings, "source": opened_train.label}, indent=2) + "\n",
+        encoding="utf-8",
     )
+    return PreparedData(out, asdict(stats), False)
+
+
+def _claim(out: Path) -> None:
+    """Make `out` ready to write: new, empty, or an earlier preparation (never someone's other files)."""
+    if not out.exists():
+        out.mkdir(parents=True)
+        return
+    if not out.is_dir():
+        raise DataError(f"data.output_dir={out} is a file; give a directory")
+    entries = list(out.iterdir())
+    if entries and not (out / "stats.json").exists() and not (out / MANIFEST).exists():
+        raise DataError(
+            f"data.output_dir={out} holds other files ({entries[0].name}, ...); prepared data is only "
+            "written to a new or empty directory, or over an earlier preparation. Choose another directory."
+        )
+    (out / MANIFEST).unlink(missing_ok=True)  # incomplete until rewritten at the end
+    for entry in entries:
+        if entry.name != MANIFEST:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
+def _read_messages(path: Path) -> list:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line)["messages"] for line in f if line.strip()]
+
+
+def _split(prepared: PreparedData, name: str) -> Dataset:
+    """One split with `messages` (for evaluation) beside `input_ids` and `labels` (for the trainer)."""
+    tokens = Dataset.from_parquet(str(prepared.dir / f"{name}.tokens.parquet"))
+    messages = Dataset.from_dict({"messages": _read_messages(prepared.dir / f"{name}.jsonl")})
+    return concatenate_datasets([messages, tokens], axis=1)
+
+
+def load_splits(cfg: DictConfig, tokenizer) -> tuple[DatasetDict, PreparedData]:
+    """Train and test splits, tokenized as the trainer uses them, and where they were prepared.
+
+    In a multi-process run, call it with the main process first (the others then find the cache).
+    """
+    prepared = prepare_for(cfg, tokenizer)
+    stats = prepared.stats
+    if stats["rejected"] or stats["dropped_too_long"]:
+        log.warning(
+            "data %s: %d rows rejected and %d dropped as too long; see %s",
+            cfg.data.name,
+            stats["rejected"],
+            stats["dropped_too_long"],
+            prepared.dir / "rejects.jsonl",
+        )
+    train, test = _split(prepared, "train"), _split(prepared, "test")
+    if cfg.data.max_train_rows:
+        train = train.select(range(min(cfg.data.max_train_rows, len(train))))
+    if cfg.data.max_eval_rows:
+        test = test.select(range(min(cfg.data.max_eval_rows, len(test))))
     log.info(
-        "data %s: %d train, %d test conversations", data_cfg.name, len(splits["train"]), len(splits["test"])
+        "data %s: %d train, %d test conversations from %s", cfg.data.name, len(train), len(test), prepared.dir
     )
-    return splits
+    return DatasetDict(train=train, test=test), prepared
 
 
 def data_fingerprint(splits: DatasetDict) -> str:

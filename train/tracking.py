@@ -133,6 +133,25 @@ def log_tokenizer_artifacts(tokenizer, out_dir: Path) -> None:
     mlflow.log_artifacts(str(out_dir), artifact_path="tokenizer")
 
 
+def log_prepared_data(prepared) -> None:
+    """Where the data came from and what preparation kept, dropped and counted (data/ artifacts)."""
+    mlflow.set_tag("data_dir", str(prepared.dir))
+    mlflow.log_artifact(str(prepared.dir / "stats.json"), artifact_path="data")
+    if prepared.stats["rejected"] or prepared.stats["dropped_too_long"]:
+        mlflow.log_artifact(str(prepared.dir / "rejects.jsonl"), artifact_path="data")
+    counts = (
+        "rows_read",
+        "rejected",
+        "duplicates_removed",
+        "dropped_too_long",
+        "truncated_turns",
+        "train",
+        "test",
+    )
+    mlflow.log_metrics({f"data_{k}": prepared.stats[k] for k in counts})
+    mlflow.log_metrics({f"data_tokens_{k}": v for k, v in prepared.stats["tokens"].items()})
+
+
 def log_chat_model(model, tokenizer, logger_cfg, with_peft: bool, tags: dict[str, str]):
     """Log the model as an MLflow transformers chat model and register it; returns the
     registered ModelVersion (or None when registration is off)."""

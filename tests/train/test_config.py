@@ -40,7 +40,7 @@ def test_every_preset_composes(compose_train, group, option):
 def test_a100_profile_is_the_seed_recipe_with_its_fixes(compose_train):
     cfg = compose_train("+profile=a100")
     assert cfg.model.name_or_path == "microsoft/Phi-3.5-mini-instruct"
-    assert cfg.data.train_split == "train_sft[:1%]" and cfg.data.test_size == 0.2
+    assert cfg.data.split == "train_sft[:1%]" and cfg.data.test_size == 0.2
     sft = cfg.sft
     assert (sft.bf16, sft.learning_rate, sft.lr_scheduler_type, sft.warmup_steps) == (
         True,

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from train.formats import RowError, detect_format, to_messages
 from train.prepare import DataError, prepare, read_rows
+from train.prepare.formats import RowError, detect_format, to_messages
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 SHAREGPT_FILE = SHARED_DATA / "sharegpt_dummy_conversation.json"
@@ -472,6 +472,14 @@ def test_outputs_and_stats_file(tmp_path):
         "test": 1,
         "formats": {"messages": 4},
         "turns": 8,
+        # No tokenizer given: no length policy and no token counts.
+        "max_length": None,
+        "length_policy": None,
+        "over_max_length": 0,
+        "truncated_turns": 0,
+        "cut_at_max_length": 0,
+        "dropped_too_long": 0,
+        "tokens": {},
     }
     assert all(set(row) == {"messages"} for row in read_jsonl(out / "train.jsonl"))
 

@@ -1,0 +1,299 @@
+"""Check, convert, length-limit and split a chat dataset into the files that training reads.
+
+A bad row found mid-training costs hours, and a bad row silently trained on costs quality, so
+every row is validated up front and reported by file and line (or record): `on_error="fail"`
+stops at the first bad row with a message naming it; `on_error="skip"` keeps going and lists
+each rejected row, with its reason and original text, in `rejects.jsonl`. Conversations longer
+than `max_length` tokens are handled by an explicit policy (`truncate` at a turn boundary, or
+`drop`), and listed too. Nothing leaves without being counted in `stats.json`:
+rows_read == kept + rejected + duplicates_removed + dropped_too_long.
+
+Outputs in `output_dir`:
+- train.jsonl, test.jsonl: `{"messages": [...]}` in ultrachat's schema, split reproducibly
+  (the same input and seed give byte-identical files);
+- train.tokens.parquet, test.tokens.parquet (when a tokenizer is given): the same rows as
+  `input_ids` and `labels` exactly as the trainer uses them, so training does not tokenize again;
+- rejects.jsonl, stats.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from train.prepare.formats import FORMATS, Messages, RowError, detect_format, to_messages
+from train.prepare.sources import DataError, OpenedSource, Source
+from train.prepare.tokens import IGNORE_INDEX, ChatTokenizer
+
+log = logging.getLogger(__name__)
+
+SKIP_HINT = "set data.on_error=skip to skip bad rows and list them in rejects.jsonl"
+LENGTH_POLICIES = ("truncate", "drop")
+
+
+@dataclass
+class PrepareStats:
+    """What `prepare` did; rows_read == kept + rejected + duplicates_removed + dropped_too_long."""
+
+    rows_read: int = 0  # non-blank rows, in source and eval_source together
+    kept: int = 0  # train + test
+    rejected: int = 0  # bad rows (see rejects.jsonl)
+    duplicates_removed: int = 0
+    train: int = 0
+    test: int = 0
+    formats: dict[str, int] = field(default_factory=dict)  # valid rows per format, before dedupe
+    turns: int = 0  # messages in the kept rows
+    # Length policy (only with a tokenizer and max_length).
+    max_length: int | None = None
+    length_policy: str | None = None
+    over_max_length: int = 0  # conversations longer than max_length, before the policy
+    truncated_turns: int = 0  # shortened to the longest run of whole turns that fits
+    cut_at_max_length: int = 0  # first exchange alone too long: its tokens are cut at max_length
+    dropped_too_long: int = 0  # listed in rejects.jsonl
+    # Tokens per conversation as trained (after the policy): totals per split and percentiles.
+    tokens: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Item:
+    """A valid conversation, where it came from, and (with a tokenizer) its ids and labels."""
+
+    origin: dict
+    messages: Messages
+    encoded: dict | None = None
+
+
+def _opened(source: str | Path | Source | OpenedSource) -> OpenedSource:
+    if isinstance(source, OpenedSource):
+        return source
+    return (source if isinstance(source, Source) else Source(str(source))).open()
+
+
+def prepare(
+    source: str | Path | Source | OpenedSource,
+    output_dir: str | Path,
+    *,
+    format: str | None = None,
+    on_error: str = "fail",
+    test_size: float = 0.2,
+    eval_source: str | Path | Source | OpenedSource | None = None,
+    seed: int = 0,
+    dedupe: bool = False,
+    tokenizer: ChatTokenizer | None = None,
+    max_length: int | None = None,
+    length_policy: str = "truncate",
+) -> PrepareStats:
+    """Validate `source`, convert it to `messages`, apply the length policy, split, and write.
+
+    `format` forces one format instead of detecting it per record. With `eval_source`, that
+    source is the test split and nothing is split off `source`; otherwise a `test_size`
+    fraction (at least one row when there are two or more) is chosen at random from `seed`.
+    `dedupe` drops exact repeats of a conversation, keeping the first; a train row that repeats
+    a test row is dropped too. With a `tokenizer`, rows are tokenized as the trainer will see
+    them and, with `max_length`, longer ones are truncated or dropped per `length_policy`.
+    Raises DataError for a bad row (when on_error="fail"), an empty source, or a source with
+    nothing left to train on.
+    """
+    if on_error not in ("fail", "skip"):
+        raise ValueError(f"on_error must be 'fail' or 'skip', not {on_error!r}")
+    if format is not None and format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
+    if eval_source is None and not 0 < test_size < 1:
+        raise ValueError(f"test_size must be between 0 and 1 (exclusive), not {test_size}")
+    if length_policy not in LENGTH_POLICIES:
+        raise ValueError(f"length_policy must be one of {', '.join(LENGTH_POLICIES)}, not {length_policy!r}")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stats = PrepareStats()
+    rejects: list[dict] = []
+    sources = [(_opened(source), "train")]
+    if eval_source is not None:
+        sources.append((_opened(eval_source), "test"))
+    items = {name: _validate(src, format, on_error, stats, rejects) for src, name in sources}
+    train, test = items["train"], items.get("test", [])
+    for src, name in sources:
+        if not items[name]:
+            _write_jsonl(out / "rejects.jsonl", rejects)
+            raise DataError(
+                f"{src.label}: every row was rejected; the reasons are in {out / 'rejects.jsonl'}"
+            )
+
+    if dedupe:
+        seen: set[str] = set()
+        test = _dedupe(test, seen)
+        train = _dedupe(train, seen)
+        if not train:
+            raise DataError(
+                f"{sources[0][0].label}: every row repeats an eval_source row; nothing is left to train on"
+            )
+    deduped = len(train) + len(test)
+
+    if tokenizer is not None:
+        train = _tokenize(train, tokenizer, max_length, length_policy, stats, rejects)
+        test = _tokenize(test, tokenizer, max_length, length_policy, stats, rejects)
+        if not train or (eval_source is not None and not test):
+            _write_jsonl(out / "rejects.jsonl", rejects)
+            raise DataError(
+                f"{sources[0][0].label}: every conversation is longer than max_length={max_length} tokens "
+                f"(length_policy={length_policy}); raise sft.max_length or see {out / 'rejects.jsonl'}"
+            )
+    if eval_source is None:
+        train, test = split(train, test_size, seed)
+
+    stats.train, stats.test = len(train), len(test)
+    stats.kept = stats.train + stats.test
+    stats.duplicates_removed = stats.rows_read - stats.rejected - deduped
+    stats.turns = sum(len(item.messages) for item in train + test)
+    _write_jsonl(out / "rejects.jsonl", rejects)
+    for name, part in (("train", train), ("test", test)):
+        _write_jsonl(out / f"{name}.jsonl", [{"messages": item.messages} for item in part])
+        if tokenizer is not None:
+            _write_tokens(out / f"{name}.tokens.parquet", part)
+    if tokenizer is not None:
+        stats.tokens = _token_stats(train, test)
+    (out / "stats.json").write_text(json.dumps(asdict(stats), indent=2) + "\n", encoding="utf-8")
+    log.info("prepared %s into %s: %s", sources[0][0].label, out, stats)
+    return stats
+
+
+def _validate(
+    source: OpenedSource, format: str | None, on_error: str, stats: PrepareStats, rejects: list[dict]
+) -> list[Item]:
+    """The source's valid conversations; bad rows raise (fail) or are appended to `rejects` (skip)."""
+    items = []
+    read = 0
+    for row in source.rows():
+        read += 1
+        try:
+            if row.error:
+                raise RowError(row.error)
+            name = format or detect_format(row.record)
+            items.append(Item({"source": row.path, row.unit: row.number}, to_messages(row.record, name)))
+        except RowError as e:
+            if on_error == "fail":
+                raise DataError(f"{row.location}: {e} ({SKIP_HINT})") from None
+            rejects.append({"source": row.path, row.unit: row.number, "reason": str(e), "raw": row.raw})
+            continue
+        stats.formats[name] = stats.formats.get(name, 0) + 1
+    if not read:
+        raise DataError(f"{source.label}: no rows to prepare (the data is empty)")
+    stats.rows_read += read
+    stats.rejected += read - len(items)
+    return items
+
+
+def _dedupe(items: list[Item], seen: set[str]) -> list[Item]:
+    kept = []
+    for item in items:
+        key = json.dumps(item.messages, ensure_ascii=False)
+        if key not in seen:
+            seen.add(key)
+            kept.append(item)
+    return kept
+
+
+def _tokenize(
+    items: list[Item],
+    tokenizer: ChatTokenizer,
+    max_length: int | None,
+    policy: str,
+    stats: PrepareStats,
+    rejects: list[dict],
+) -> list[Item]:
+    """Attach ids and labels; conversations over `max_length` are shortened or dropped per `policy`."""
+    stats.max_length, stats.length_policy = max_length, policy if max_length else None
+    for item, encoded in zip(items, tokenizer.encode([item.messages for item in items])):
+        item.encoded = encoded
+    if not max_length:
+        return items
+    kept = []
+    for item in items:
+        length = len(item.encoded["input_ids"])
+        if length <= max_length:
+            kept.append(item)
+            continue
+        stats.over_max_length += 1
+        fitted, reason = _fit(item, tokenizer, max_length, policy, stats)
+        if fitted is not None:
+            kept.append(fitted)
+        else:
+            stats.dropped_too_long += 1
+            rejects.append({**item.origin, "reason": f"{length} tokens > max_length {max_length}: {reason}"})
+    return kept
+
+
+def _fit(
+    item: Item, tokenizer: ChatTokenizer, max_length: int, policy: str, stats: PrepareStats
+) -> tuple[Item | None, str]:
+    """The conversation made to fit, or None and why it could not be."""
+    if policy == "drop":
+        return None, "dropped (data.length_policy=drop)"
+    messages = item.messages
+    # The longest run of whole turns that ends with an assistant reply and fits: every token of
+    # it is trained on as written, and the model still learns where replies end.
+    ends = [i + 1 for i, m in enumerate(messages) if m["role"] == "assistant"]
+    for end in reversed([e for e in ends if e < len(messages)]):
+        encoded = tokenizer.encode([messages[:end]])[0]
+        if len(encoded["input_ids"]) <= max_length:
+            stats.truncated_turns += 1
+            return Item(item.origin, messages[:end], encoded), ""
+    # Even the first exchange is too long: keep its first max_length tokens (what the trainer's
+    # own truncation would do) if any of the reply survives; otherwise nothing would be trained.
+    prompt = tokenizer.prompt_length(messages)
+    if prompt >= max_length:
+        return None, f"the prompt alone is {prompt} tokens, so no reply token would be trained"
+    first = Item(item.origin, messages[: ends[0]], tokenizer.encode([messages[: ends[0]]])[0])
+    first.encoded = {k: v[:max_length] for k, v in first.encoded.items()}
+    stats.cut_at_max_length += 1
+    return first, ""
+
+
+def split(items: list, test_size: float, seed: int) -> tuple[list, list]:
+    """(train, test), each in input order; the test rows are a random sample drawn from `seed`."""
+    n = len(items)
+    n_test = min(max(1, round(n * test_size)), n - 1) if n >= 2 else 0
+    test_ids = set(random.Random(seed).sample(range(n), n_test))
+    train = [m for i, m in enumerate(items) if i not in test_ids]
+    test = [m for i, m in enumerate(items) if i in test_ids]
+    return train, test
+
+
+def _token_stats(train: list[Item], test: list[Item]) -> dict[str, int]:
+    def lengths(items: list[Item]) -> np.ndarray:
+        return np.array([len(item.encoded["input_ids"]) for item in items], dtype=np.int64)
+
+    both = lengths(train + test)
+    trained = sum(int((np.asarray(item.encoded["labels"]) != IGNORE_INDEX).sum()) for item in train)
+    return {
+        "train": int(lengths(train).sum()),
+        "test": int(lengths(test).sum()),
+        "train_trained": trained,
+        "p50": int(np.percentile(both, 50)),
+        "p95": int(np.percentile(both, 95)),
+        "max": int(both.max()),
+    }
+
+
+def _write_tokens(path: Path, items: list[Item]) -> None:
+    ids_type = pa.list_(pa.int32())
+    table = pa.table(
+        {
+            "input_ids": pa.array([item.encoded["input_ids"] for item in items], type=ids_type),
+            "labels": pa.array([item.encoded["labels"] for item in items], type=ids_type),
+        }
+    )
+    pq.write_table(table, path)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    # A rejected row may hold a lone surrogate; backslashreplace writes it as the JSON escape it came from.
+    with path.open("w", encoding="utf-8", newline="\n", errors="backslashreplace") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
