@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from train.config import PROJECT_ROOT, register_configs
 
@@ -66,3 +68,55 @@ def compose_config(*overrides: str, tmp: Path | None = None):
 def compose_train():
     yield compose_config
     GlobalHydra.instance().clear()
+
+
+def register_tiny_model(root: Path, name: str) -> str:
+    """The untrained tiny model logged and registered as the recipe does it, in a sqlite store
+    under `root` (for tests of what uses a registered model: serving, flows, benchmarks).
+    Returns the tracking URI; the model is `models:/<name>/1`."""
+    import mlflow
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from train.tiny_model import ensure_tiny_phi3
+    from train.tracking import log_chat_model
+
+    uri = f"sqlite:///{root}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.create_experiment(name, artifact_location=(root / "artifacts").as_uri())
+    path = ensure_tiny_phi3()
+    with mlflow.start_run(experiment_id=experiment):
+        log_chat_model(
+            AutoModelForCausalLM.from_pretrained(path),
+            AutoTokenizer.from_pretrained(path),
+            OmegaConf.create({"registered_model_name": name}),
+            with_peft=False,
+            tags={},
+        )
+    return uri
+
+
+# Overrides that make `python -m train` a seconds-long smoke run (CLI and sweep tests).
+QUICK_TRAIN = (
+    "data.max_train_rows=64",
+    "data.max_eval_rows=16",
+    "sft.max_steps=2",
+    "sft.disable_tqdm=true",
+    "eval.generate_samples=0",
+    "logger.log_model=false",
+)
+
+
+def run_module(
+    module: str, *args: str, env: dict | None = None, unset: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    """`python -m <module> <args>` from the project root, as a user runs it; output captured.
+    `env` adds variables to this process's environment, `unset` removes some."""
+    environment = {k: v for k, v in os.environ.items() if k not in unset}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=PROJECT_ROOT,
+        env={**environment, "HYDRA_FULL_ERROR": "0", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )

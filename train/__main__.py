@@ -6,6 +6,8 @@ python -m train +profile=24gb                    # QLoRA on a 24 GB consumer GPU
 python -m train peft=lora sft.learning_rate=2e-4 # any SFTConfig field as sft.<field>
 python -m train -m sft.learning_rate=1e-3,3e-3   # a sweep: one run per value
 python -m train --cfg job                        # print the composed config and exit
+python -m train +profile=a100 estimate=true      # memory, time and cost before launching
+python -m train +profile=a100 target=azureml     # the same config as an Azure ML command job
 """
 
 import hydra
@@ -18,6 +20,16 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    if cfg.estimate:  # memory, tokens, time and cost of this config; loads no weights
+        from train.estimate import estimate
+
+        estimate(cfg)
+        return None
+    if cfg.target.name == "azureml":  # submit the same config as a job that runs it with target=local
+        from train.azureml.submit import submit
+
+        submit(cfg)
+        return None
     from train.recipe import run  # heavy imports after Hydra has parsed the command line
 
     metrics = run(cfg)

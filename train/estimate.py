@@ -1,0 +1,319 @@
+"""Before launching: memory, tokens, time and cost of a training config, without loading weights.
+
+    python -m train estimate=true                                   # the tiny default
+    python -m train +profile=a100 estimate=true                     # Phi-3.5-mini, full, one A100
+    python -m train +profile=24gb estimate=true                     # QLoRA on a 24 GB card
+    python -m train +profile=a100 peft=lora hardware=nc40ads_h100_v5 estimate=true
+
+The model is built on PyTorch's meta device from its config (`accelerate.init_empty_weights`):
+exact parameter counts, no weights read. The config comes from a local directory with a
+config.json, the Hugging Face cache, or, for the hub models this project ships configs for,
+the architecture numbers below, so it works offline. The data are prepared with the model's
+tokenizer exactly as training would (`train.data.prepare_for`) to count tokens; where the
+tokenizer or the data cannot be read (offline, hub ids) the estimate says so and prices
+a million tokens instead.
+
+Memory per GPU (approximate, about +-20%: the allocator and CUDA context come on top):
+- weights: parameters x bytes of `model.dtype`; QLoRA: 4-bit NF4 decoder linears (0.5 byte
+  plus quantisation constants), the rest in bf16;
+- gradients and optimizer state: trainable parameters x dtype bytes, and AdamW's two moments
+  (in the parameter dtype; peft keeps LoRA weights in float32);
+- activations for `per_device_train_batch_size x max_length` tokens (the worst case: every
+  row full): per decoder layer the tensors autograd keeps, or only the layer inputs plus one
+  layer with gradient checkpointing; plus the float32 logits for the loss.
+Time = tokens x epochs / (hardware tokens/s, scaled to this model's size, x GPUs); cost = time x
+$/hour. Evaluation, start-up and checkpoint writes are not included.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from train.model import ConfigError
+
+log = logging.getLogger(__name__)
+
+GIB = 1024**3
+
+# The hub models' config.json files, committed (train/architectures/<model.short_name>.json),
+# so an offline machine can still size them; bench.train builds the same files with random weights.
+ARCHITECTURES_DIR = Path(__file__).resolve().parent / "architectures"
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+LORA_BYTES = 4  # peft keeps adapter weights in float32 (autocast_adapter_dtype)
+NF4_BYTES = 0.5
+# Quantisation constants per weight: one float32 absmax per 64 weights (0.5 bit), or with
+# double quantisation an 8-bit one plus a float32 per 256 of those (~0.127 bit).
+NF4_CONSTANT_BYTES = {True: 0.127 / 8, False: 0.5 / 8}
+LOGIT_BYTES = 12  # bf16 logits + float32 copy for the loss + its softmax/gradient, per vocab entry
+
+
+@dataclass
+class Estimate:
+    model: str
+    method: str
+    params: int
+    trainable_params: int
+    weights_gib: float
+    gradients_gib: float
+    optimizer_gib: float
+    activations_gib: float
+    total_gib: float
+    gpu: str
+    gpu_memory_gib: float
+    fits: bool
+    tokens_per_micro_batch: int
+    train_tokens: int | None
+    tokens_note: str
+    total_tokens: int | None
+    tokens_per_second: float | None
+    hours: float | None
+    usd: float | None
+    usd_per_million_tokens: float | None
+
+
+def model_config(model_cfg):
+    """The model's transformers config: local directory, HF cache, or the shipped numbers."""
+    from transformers import AutoConfig
+
+    source = model_cfg.name_or_path
+    if (Path(source) / "config.json").is_file():
+        return AutoConfig.from_pretrained(source, trust_remote_code=model_cfg.trust_remote_code)
+    try:
+        return AutoConfig.from_pretrained(
+            source,
+            revision=model_cfg.revision,
+            trust_remote_code=model_cfg.trust_remote_code,
+            local_files_only=True,  # never download for an estimate
+        )
+    except OSError:
+        pass
+    shipped = ARCHITECTURES_DIR / f"{model_cfg.short_name}.json"
+    if shipped.is_file():
+        numbers = {
+            k: v for k, v in json.loads(shipped.read_text(encoding="utf-8")).items() if k != "_comment"
+        }
+        return AutoConfig.for_model(numbers.pop("model_type"), **numbers)
+    known = ", ".join(sorted(p.stem for p in ARCHITECTURES_DIR.glob("*.json")))
+    raise ConfigError(
+        f"model.name_or_path={source}: no config.json there, not in the Hugging Face cache, and "
+        f"model.short_name={model_cfg.short_name} is not one of the shipped architectures ({known}). "
+        "Point model.name_or_path at a directory holding the model's config.json (the weights are not needed)."
+    )
+
+
+def _is_target(name: str, target_modules) -> bool:
+    if target_modules == "all-linear":
+        return True  # peft: every linear layer except the output head (excluded by the caller)
+    targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+    return any(name == t or name.endswith(f".{t}") for t in targets)
+
+
+def count_parameters(config, peft_cfg) -> dict[str, int]:
+    """Total, decoder-linear and LoRA-trainable parameter counts of a meta-device model."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        meta = AutoModelForCausalLM.from_config(config)
+    output_head = meta.get_output_embeddings()
+    total = sum(p.numel() for p in meta.parameters())
+    linear = lora = 0
+    for name, module in meta.named_modules():
+        if not isinstance(module, torch.nn.Linear) or module is output_head:
+            continue
+        linear += module.weight.numel()
+        if peft_cfg.method != "none" and _is_target(name, peft_cfg.target_modules):
+            lora += peft_cfg.r * (module.in_features + module.out_features)
+            if peft_cfg.method == "dora":
+                lora += module.out_features  # the learned magnitude vector
+    return {"total": total, "decoder_linear": linear, "lora": lora}
+
+
+def _dtype_bytes(model_cfg, sft_cfg) -> int:
+    if model_cfg.dtype in DTYPE_BYTES:
+        return DTYPE_BYTES[model_cfg.dtype]
+    return 2 if sft_cfg.bf16 or sft_cfg.fp16 else 4  # auto: what a GPU with bf16 would load
+
+
+def _optimizer_bytes(optim: str, param_bytes: int) -> float:
+    """Optimizer state per trainable parameter: AdamW keeps two moments in the parameter dtype."""
+    if "8bit" in optim:
+        return 2  # two 8-bit moments (bitsandbytes)
+    if optim.startswith(("sgd", "adafactor")):
+        return 0  # plain SGD; Adafactor's factored moments are negligible
+    return 2 * param_bytes
+
+
+def activation_bytes(config, tokens: int, dtype_bytes: int, checkpointing: bool, lora: bool) -> float:
+    """Activations autograd keeps for one micro-batch of `tokens` tokens (see the docstring)."""
+    hidden = config.hidden_size
+    kv = getattr(config, "num_key_value_heads", config.num_attention_heads) * (
+        hidden // config.num_attention_heads
+    )
+    # Per token per decoder layer: norm inputs, projection inputs, q/k/v and attention output
+    # (memory-efficient attention keeps no seq x seq matrix), gate/up and their product.
+    per_layer = 6 * hidden + 2 * kv + 4 * config.intermediate_size
+    if lora:
+        per_layer += 3 * hidden + config.intermediate_size  # dropout copies feeding the adapters
+    layers = config.num_hidden_layers
+    kept = (hidden * layers + per_layer) if checkpointing else per_layer * layers
+    return tokens * (kept * dtype_bytes + config.vocab_size * LOGIT_BYTES)
+
+
+def estimate_memory(cfg: DictConfig, config, counts: dict[str, int]) -> dict[str, float]:
+    method = cfg.peft.method
+    dtype_bytes = _dtype_bytes(cfg.model, cfg.sft)
+    total = counts["total"]
+    if method == "none":
+        trainable, param_bytes = total, dtype_bytes
+        weights = total * dtype_bytes
+    else:
+        trainable, param_bytes = counts["lora"], LORA_BYTES
+        if method == "qlora" or cfg.peft.load_in_4bit:
+            linear = counts["decoder_linear"]
+            per_weight = NF4_BYTES + NF4_CONSTANT_BYTES[bool(cfg.peft.bnb_4bit_use_double_quant)]
+            base = linear * per_weight + (total - linear) * 2
+        else:
+            base = total * dtype_bytes
+        weights = base + trainable * LORA_BYTES
+    tokens = cfg.sft.per_device_train_batch_size * cfg.sft.max_length
+    half_precision = dtype_bytes == 2 or cfg.sft.bf16 or cfg.sft.fp16  # autocast keeps 2-byte activations
+    activations = activation_bytes(
+        config, tokens, 2 if half_precision else 4, cfg.sft.gradient_checkpointing, method != "none"
+    )
+    return {
+        "trainable": trainable,
+        "weights": weights,
+        "gradients": trainable * param_bytes,
+        "optimizer": trainable * _optimizer_bytes(cfg.sft.optim, param_bytes),
+        "activations": activations,
+        "tokens_per_micro_batch": tokens,
+    }
+
+
+def count_tokens(cfg: DictConfig) -> tuple[int | None, int | None, str]:
+    """(train tokens, train rows, note) of the prepared data; None with the reason when unavailable."""
+    from train import data, model
+
+    try:
+        tokenizer = model.load_tokenizer(cfg.model)
+        prepared = data.prepare_for(cfg, tokenizer)
+    except Exception as err:  # offline hub ids, missing files: the memory part still stands
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        return None, None, f"unavailable ({type(err).__name__}: {reason})"
+    tokens, rows = prepared.stats["tokens"]["train"], prepared.stats["train"]
+    note = f"prepared in {prepared.dir}"
+    cap = cfg.data.max_train_rows
+    if cap and rows > cap:  # training uses the first `cap` rows
+        tokens, rows = round(tokens * cap / rows), cap
+        note += f"; scaled to data.max_train_rows={cap}"
+    return tokens, rows, note
+
+
+def _method(peft_cfg) -> str:
+    if peft_cfg.method == "qlora" or peft_cfg.load_in_4bit:
+        return "qlora"
+    return "full" if peft_cfg.method == "none" else "lora"
+
+
+def build_estimate(cfg: DictConfig) -> Estimate:
+    config = model_config(cfg.model)
+    counts = count_parameters(config, cfg.peft)
+    memory = estimate_memory(cfg, config, counts)
+    total = sum(memory[k] for k in ("weights", "gradients", "optimizer", "activations"))
+    hardware = cfg.hardware
+    method = _method(cfg.peft)
+
+    train_tokens, rows, note = count_tokens(cfg)
+    sft = cfg.sft
+    global_batch = sft.per_device_train_batch_size * sft.gradient_accumulation_steps * hardware.gpus
+    total_tokens = None
+    if sft.max_steps and sft.max_steps > 0 and rows:  # max_steps wins over epochs, as in the Trainer
+        per_row = sft.max_length if sft.packing else min(sft.max_length, train_tokens / rows)
+        total_tokens = round(sft.max_steps * global_batch * per_row)
+    elif train_tokens is not None:
+        total_tokens = round(train_tokens * sft.num_train_epochs)
+
+    rate = hardware.tokens_per_second.get(method)
+    throughput = rate * hardware.reference_params / counts["total"] * hardware.gpus if rate else None
+    hours = total_tokens / throughput / 3600 if throughput and total_tokens is not None else None
+    price = hardware.usd_per_hour
+    return Estimate(
+        model=cfg.model.name_or_path,
+        method=cfg.peft.method,
+        params=counts["total"],
+        trainable_params=memory["trainable"],
+        weights_gib=memory["weights"] / GIB,
+        gradients_gib=memory["gradients"] / GIB,
+        optimizer_gib=memory["optimizer"] / GIB,
+        activations_gib=memory["activations"] / GIB,
+        total_gib=total / GIB,
+        gpu=hardware.name,
+        gpu_memory_gib=hardware.gpu_memory_gib,
+        fits=total / GIB <= 0.9 * hardware.gpu_memory_gib,  # ~10% for the CUDA context and fragments
+        tokens_per_micro_batch=memory["tokens_per_micro_batch"],
+        train_tokens=train_tokens,
+        tokens_note=note,
+        total_tokens=total_tokens,
+        tokens_per_second=throughput,
+        hours=hours,
+        usd=hours * price if hours is not None and price is not None else None,
+        usd_per_million_tokens=price / 3600 / throughput * 1e6 if throughput and price is not None else None,
+    )
+
+
+def report(est: Estimate, cfg: DictConfig) -> str:
+    sft = cfg.sft
+    verdict = "fits" if est.fits else "DOES NOT FIT (keep ~10% free)"
+    lines = [
+        "",
+        f"Estimate for {est.model} ({est.method}) on {est.gpu}; no weights loaded.",
+        f"  parameters     {est.params:,} ({est.trainable_params:,} trainable)",
+        f"  per-GPU memory at batch {sft.per_device_train_batch_size} x {sft.max_length} tokens, "
+        f"gradient checkpointing {'on' if sft.gradient_checkpointing else 'off'}:",
+        f"    weights      {est.weights_gib:8.2f} GiB",
+        f"    gradients    {est.gradients_gib:8.2f} GiB",
+        f"    optimizer    {est.optimizer_gib:8.2f} GiB  ({sft.optim})",
+        f"    activations  {est.activations_gib:8.2f} GiB",
+        f"    total        {est.total_gib:8.2f} GiB of {est.gpu_memory_gib:g} GiB: {verdict}",
+    ]
+    if not est.fits:
+        lines.append(
+            "    try: sft.gradient_checkpointing=true, a smaller sft.per_device_train_batch_size with more "
+            "sft.gradient_accumulation_steps, peft=lora or peft=qlora, or FSDP/ZeRO-3 over several GPUs"
+        )
+    if est.train_tokens is None:
+        lines.append(f"  data tokens    {est.tokens_note}")
+    else:
+        lines.append(f"  data tokens    {est.train_tokens:,} train ({est.tokens_note})")
+    if est.tokens_per_second:
+        lines.append(
+            f"  throughput     {est.tokens_per_second:,.0f} tokens/s (hardware.tokens_per_second, scaled)"
+        )
+    if est.hours is not None:
+        duration = f"{est.hours:.2f} h" if est.hours >= 0.1 else f"{est.hours * 3600:.0f} s"
+        lines.append(f"  training       {est.total_tokens:,} tokens: {duration}")
+    if est.usd is not None:
+        lines.append(f"  cost           ${est.usd:,.2f} at ${cfg.hardware.usd_per_hour}/h")
+    elif cfg.hardware.usd_per_hour is None:
+        lines.append("  cost           no hourly price for this hardware (set hardware.usd_per_hour)")
+    if est.usd_per_million_tokens is not None:
+        lines.append(f"  per 1M tokens  ${est.usd_per_million_tokens:.3f}")
+    return "\n".join(lines)
+
+
+def estimate(cfg: DictConfig) -> Estimate:
+    """Print the estimate and write it to `<run dir>/estimate.json`."""
+    est = build_estimate(cfg)
+    print(report(est, cfg))
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "estimate.json").write_text(json.dumps(asdict(est), indent=2), encoding="utf-8")
+    return est
