@@ -1,32 +1,51 @@
-# Training image: the project's pinned stack (constraints.txt) on Python 3.11.
-# torch==2.13.0 from PyPI on linux/x86_64 is the CUDA build and carries its CUDA runtime
-# as nvidia-* wheels, so a slim Python base is enough; the host (or Azure ML node) provides
-# the driver. Build from the repository root:
+# Training image: the project's pinned stack (constraints.txt, exactly) on Python 3.11 and
+# the CUDA release that torch 2.13.0's PyPI wheels are built for: CUDA 13.0 (torch pins
+# cuda-toolkit 13.0.3, which pins its nvidia-* library wheels exactly; the base adds the
+# NVIDIA container settings; hosts need a driver >= 580). It holds dependencies only: the
+# code comes from the Azure ML job's code snapshot, or from the checkout mounted at run time,
+# so code changes never rebuild the image.
+#
+# Local build and run (from the repository root; docker/train.Dockerfile.dockerignore keeps
+# the context to constraints.txt):
 #   docker build -f docker/train.Dockerfile -t finetune-phi-train .
-#   docker run --gpus all finetune-phi-train +profile=a100
-# (Not buildable on this project's dev/CI machines: they have no Docker engine.)
-FROM python:3.11.7-slim-bookworm
+#   docker run --gpus all --user "$(id -u):$(id -g)" -e HOME=/workspace -v "$PWD":/workspace \
+#     finetune-phi-train python -m train +profile=a100
+# (your uid writes outputs/ and the caches in .cache/ of the checkout, both gitignored).
+# `python -m train target=azureml` builds the same file in the workspace (a build context of
+# this Dockerfile and constraints.txt). Not buildable on this project's dev/CI machines: they
+# have no Docker engine; tests/train/test_azureml_environment.py checks it against
+# constraints.txt statically.
+FROM nvidia/cuda:13.0.2-base-ubuntu24.04
 
-ENV PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
+# uv, the same version as the Makefile's UV_VERSION.
+COPY --from=ghcr.io/astral-sh/uv:0.13.9 /uv /usr/local/bin/uv
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONUNBUFFERED=1 \
+    UV_PYTHON_INSTALL_DIR=/opt/python \
     UV_COMPILE_BYTECODE=1 \
-    HF_HOME=/cache/huggingface \
-    FINETUNE_PHI_CACHE=/cache/finetune-phi
+    UV_LINK_MODE=copy \
+    UV_NO_CACHE=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
 
+# git: the recipe tags models with the commit they were trained from. Unpinned on purpose:
+# Ubuntu's security updates replace the exact versions; the Python stack is what is pinned.
+# hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends git \
+    && apt-get install -y --no-install-recommends ca-certificates git \
     && rm -rf /var/lib/apt/lists/*
 
-WORKDIR /app
-# Dependencies first, so code changes do not reinstall the stack.
-COPY pyproject.toml constraints.txt README.md ./
-RUN pip install uv==0.13.9 \
-    && mkdir -p train deploy && touch train/__init__.py deploy/__init__.py \
-    && uv pip install --system -c constraints.txt -e . \
-    && rm -rf train deploy
+# The exact local set: every pin in constraints.txt, nothing re-resolved.
+COPY constraints.txt /opt/finetune-phi/constraints.txt
+RUN uv venv --python 3.11.7 /opt/venv \
+    && uv pip install --python /opt/venv/bin/python -r /opt/finetune-phi/constraints.txt \
+    && uv pip check --python /opt/venv/bin/python
 
-COPY conf ./conf
-COPY train ./train
-COPY deploy ./deploy
-
-ENTRYPOINT ["python", "-m", "train"]
+# Train as an unprivileged user (uid 1000 is the base image's `ubuntu`); numeric, so hosts
+# without this user name still run it unprivileged.
+RUN useradd --create-home --uid 1001 --user-group trainer
+USER 1001
+# Caches (hub downloads, the tiny model, prepared data) default to $HOME/.cache.
+WORKDIR /workspace
+CMD ["python", "-m", "train", "--help"]

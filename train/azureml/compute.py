@@ -1,0 +1,108 @@
+"""The AmlCompute cluster a job runs on: built from `target.compute`, fetched or created.
+
+An existing cluster is reused only when it has the configured size: a job meant for an A100
+must not land on whatever a same-named cluster happens to be.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from azure.ai.ml.entities import AmlCompute, IdentityConfiguration, ManagedIdentityConfiguration
+
+log = logging.getLogger(__name__)
+
+TIERS = ("dedicated", "low_priority")
+
+
+class ComputeError(ValueError):
+    """The compute config or the workspace's cluster does not fit this job."""
+
+
+def _identity(identity: str | None) -> IdentityConfiguration | None:
+    if not identity:
+        return None
+    if identity == "system_assigned":
+        return IdentityConfiguration(type="system_assigned")
+    if identity.startswith("/subscriptions/"):
+        return IdentityConfiguration(
+            type="user_assigned",
+            user_assigned_identities=[ManagedIdentityConfiguration(resource_id=identity)],
+        )
+    raise ComputeError(
+        f"target.compute.identity={identity!r}: use null, system_assigned or a user-assigned identity's "
+        "resource id (/subscriptions/.../providers/Microsoft.ManagedIdentity/userAssignedIdentities/NAME)"
+    )
+
+
+def compute_entity(compute_cfg) -> AmlCompute:
+    if compute_cfg.tier not in TIERS:
+        raise ComputeError(f"target.compute.tier={compute_cfg.tier!r}: use one of {', '.join(TIERS)}")
+    if not 0 <= compute_cfg.min_instances <= compute_cfg.max_instances:
+        raise ComputeError(
+            f"target.compute: need 0 <= min_instances ({compute_cfg.min_instances}) <= "
+            f"max_instances ({compute_cfg.max_instances})"
+        )
+    return AmlCompute(
+        name=compute_cfg.name,
+        size=compute_cfg.size,
+        min_instances=compute_cfg.min_instances,
+        max_instances=compute_cfg.max_instances,
+        idle_time_before_scale_down=compute_cfg.idle_time_before_scale_down,
+        tier=compute_cfg.tier,
+        location=compute_cfg.location,
+        identity=_identity(compute_cfg.identity),
+        description="finetune-phi training cluster (python -m train target=azureml)",
+    )
+
+
+def check_fits(cfg) -> None:
+    """The job's shape against the configured cluster, before anything is created."""
+    target, compute = cfg.target, cfg.target.compute
+    if target.instance_count > compute.max_instances:
+        raise ComputeError(
+            f"target.instance_count={target.instance_count} exceeds target.compute.max_instances="
+            f"{compute.max_instances} of {compute.name}: raise max_instances or lower instance_count"
+        )
+    if compute.gpus_per_node and target.process_count_per_instance > compute.gpus_per_node:
+        raise ComputeError(
+            f"target.process_count_per_instance={target.process_count_per_instance} but {compute.size} has "
+            f"{compute.gpus_per_node} GPU(s) per node: one process per GPU"
+        )
+    needs_gpu = [
+        key
+        for key, on in (
+            ("sft.bf16", cfg.sft.get("bf16")),
+            ("sft.fp16", cfg.sft.get("fp16")),
+            ("peft.load_in_4bit", cfg.peft.load_in_4bit),
+        )
+        if on
+    ]
+    if not compute.gpus_per_node and needs_gpu:
+        raise ComputeError(
+            f"{compute.size} ({compute.name}) has no GPU but this config needs one ({', '.join(needs_gpu)}): "
+            "use target/compute=nc24ads_a100_v4, or a CPU config such as +profile=cpu"
+        )
+
+
+def ensure_compute(ml_client, compute_cfg) -> AmlCompute:
+    """The workspace's cluster `compute_cfg.name`: reused when it has the configured size,
+    created (and waited for) when missing, an error otherwise."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        existing = ml_client.compute.get(compute_cfg.name)
+    except ResourceNotFoundError:
+        existing = None
+    if existing is not None:
+        size = getattr(existing, "size", None)
+        if size is None or size.lower() != compute_cfg.size.lower():
+            raise ComputeError(
+                f"compute {compute_cfg.name!r} in the workspace is {getattr(existing, 'type', '?')} of size "
+                f"{size}, not {compute_cfg.size}: set target.compute.name to a new cluster name, or "
+                f"target.compute.size={size} to use it"
+            )
+        log.info("compute %s (%s) exists; reusing it", compute_cfg.name, size)
+        return existing
+    log.info("creating compute %s (%s, %s)", compute_cfg.name, compute_cfg.size, compute_cfg.tier)
+    return ml_client.compute.begin_create_or_update(compute_entity(compute_cfg)).result()
