@@ -1,40 +1,35 @@
-"""Use a model the training recipe registered in MLflow.
+"""`python -m deploy`: serve, deploy, inspect or chat with the model training produced.
 
-python -m deploy action=chat                   # chat with the latest registered version
+python -m deploy target=local port=8000         # scoring server on 127.0.0.1:8000
+python -m deploy target=azureml                 # blue/green to a managed online endpoint
+python -m deploy target=azureml action=status
 python -m deploy action=chat model.version=2
 """
 
+from pathlib import Path
+
 import hydra
-import mlflow
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from deploy import chat, registry
+from deploy.actions import run
+from deploy.azureml import DeployError
+from deploy.parity import ParityError
+from deploy.registry import ModelNotFound
+from train.azureml.workspace import WorkspaceSettingsError
 
-ACTIONS = ("chat",)
+# Errors that mean "the request or the setup is wrong", not a bug: a message, no traceback.
+USER_ERRORS = (DeployError, ParityError, ModelNotFound, WorkspaceSettingsError)
 
 if not OmegaConf.has_resolver("project_root"):
-    from pathlib import Path
-
     OmegaConf.register_new_resolver("project_root", lambda: str(Path(__file__).resolve().parents[1]))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="deploy")
+@hydra.main(version_base="1.3", config_path="../conf/deploy", config_name="deploy")
 def main(cfg: DictConfig) -> None:
-    if cfg.action not in ACTIONS:
-        raise SystemExit(f"action={cfg.action!r}: expected one of {', '.join(ACTIONS)}")
-    mlflow.set_tracking_uri(cfg.tracking_uri)
-    uri = registry.model_uri(MlflowClient(), cfg.model.name, cfg.model.version, cfg.model.alias)
-    print(f"loading {uri} ...")
-    model = mlflow.pyfunc.load_model(uri)
-    print("chatting with", uri, "(/reset to start over, /exit or Ctrl-D to leave)")
-    chat.chat_loop(
-        model.predict,
-        chat.stdin_lines(),
-        system=cfg.chat.system,
-        max_tokens=cfg.chat.max_tokens,
-        temperature=cfg.chat.temperature,
-    )
+    try:
+        run(cfg)
+    except USER_ERRORS as e:
+        raise SystemExit(f"deploy: {e}") from None
 
 
 if __name__ == "__main__":

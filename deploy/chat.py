@@ -50,3 +50,36 @@ def stdin_lines(prompt: str = "you> "):
         except (EOFError, KeyboardInterrupt):
             print()
             return
+
+
+def http_predict(scoring_url: str, key: str | None = None, timeout: float = 300) -> Callable[[dict], object]:
+    """`predict` for chat_loop that POSTs OpenAI-style payloads to a scoring URL
+    (a local server's /score or an Azure endpoint's scoring URI)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    def predict(payload: dict):
+        headers = {"Content-Type": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        request = urllib.request.Request(scoring_url, json.dumps(payload).encode(), headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(f"{scoring_url} answered {e.code}: {e.read().decode(errors='replace')}") from e
+
+    return predict
+
+
+def scorer_predict(scorer) -> Callable[[dict], object]:
+    """`predict` for chat_loop over an in-process Scorer (the local server's code, no HTTP)."""
+
+    def predict(payload: dict):
+        status, body = scorer.handle(payload)
+        if status != 200:
+            raise RuntimeError(body["error"])
+        return body
+
+    return predict

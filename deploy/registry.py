@@ -1,8 +1,23 @@
-"""Find a registered model version without copy-pasting job names or run ids."""
+"""Find the model to deploy without copy-pasting job names or run ids.
+
+Sources, in the order `resolve` tries them (`model.*` keys of conf/deploy/deploy.yaml):
+- `model.uri`: any MLflow model URI or local MLflow model directory, as given;
+- `model.azureml_job`: an Azure ML training job's MLflow model output, by job name, or
+  `last` for the job recorded in `<output_root>/azureml/last_job.json` by `python -m train
+  target=azureml`;
+- `model.name` with `model.version`, `model.alias`, or neither (the latest version) in the
+  MLflow registry at `tracking_uri`.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
 from mlflow.tracking import MlflowClient
+
+LAST_JOB_RECORD = Path("azureml") / "last_job.json"
 
 
 class ModelNotFound(LookupError):
@@ -29,3 +44,53 @@ def model_uri(
         known = sorted(int(v.version) for v in versions)
         raise ModelNotFound(f"{name!r} has no version {version}; registered versions: {known}")
     return f"models:/{name}/{version}"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Where the model is, and what it is called where it will be registered."""
+
+    uri: str  # loadable by MLflow here (models:/..., runs:/..., a directory) or an azureml:// path
+    name: str  # the registered name (MLflow or Azure ML)
+    version: str | None = None
+    azureml_job: str | None = None  # the Azure ML job that produced it, when it came from one
+
+
+def last_job_name(output_root: str | Path) -> str:
+    """The job name `python -m train target=azureml` recorded last."""
+    record = Path(output_root) / LAST_JOB_RECORD
+    if not record.exists():
+        raise ModelNotFound(
+            f"model.azureml_job=last, but {record} does not exist: submit a training job with "
+            "`python -m train target=azureml` first, or give the job name (model.azureml_job=<name>)"
+        )
+    try:
+        return json.loads(record.read_text(encoding="utf-8"))["job_name"]
+    except (ValueError, KeyError) as e:
+        raise ModelNotFound(f"{record}: no job_name in it ({e}); give model.azureml_job=<name>") from e
+
+
+def azureml_job_model_path(job_name: str) -> str:
+    """The job's MLflow model, as the training recipe logs it inside the job."""
+    return f"azureml://jobs/{job_name}/outputs/artifacts/paths/model/"
+
+
+def resolve(model_cfg, client: MlflowClient | None, output_root: str | Path, for_azureml: bool) -> ModelRef:
+    """The model `model_cfg` points at. An Azure ML job's model is an azureml:// path for
+    target=azureml, and `runs:/<job>/model` (job name = MLflow run id) for local use, which
+    needs MLFLOW_TRACKING_URI set to the workspace."""
+    if model_cfg.get("uri"):
+        return ModelRef(uri=model_cfg.uri, name=model_cfg.name)
+    if model_cfg.get("azureml_job"):
+        job = model_cfg.azureml_job
+        job = last_job_name(output_root) if job == "last" else job
+        uri = azureml_job_model_path(job) if for_azureml else f"runs:/{job}/model"
+        return ModelRef(uri=uri, name=model_cfg.name, azureml_job=job)
+    if client is None:
+        raise ValueError("an MLflow client is needed to look up registered models")
+    uri = model_uri(client, model_cfg.name, model_cfg.get("version"), model_cfg.get("alias"))
+    if model_cfg.get("alias"):
+        version = client.get_model_version_by_alias(model_cfg.name, model_cfg.alias).version
+    else:
+        version = uri.rsplit("/", 1)[1]
+    return ModelRef(uri=uri, name=model_cfg.name, version=str(version))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from mlflow.tracking import MlflowClient
 
 from deploy.chat import chat_loop
-from deploy.registry import ModelNotFound, model_uri
+from deploy.registry import ModelNotFound, ModelRef, model_uri, resolve
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +58,64 @@ def test_chat_sends_the_whole_history_and_resets():
     assert seen == [["be brief", "hi"], ["be brief", "hi", "a1", "again"], ["be brief", "fresh"]]
     assert out == ["assistant> a1", "assistant> a2", "(conversation reset)", "assistant> a3"]
     assert final[-1] == {"role": "assistant", "content": "a3"}
+
+
+def model_cfg(**keys):
+    from omegaconf import OmegaConf
+
+    base = {"name": "m", "version": None, "alias": None, "uri": None, "azureml_job": None}
+    return OmegaConf.create({**base, **keys})
+
+
+def test_resolve_latest_alias_version_and_explicit_uri(client, tmp_path):
+    assert resolve(model_cfg(), client, tmp_path, False) == ModelRef("models:/m/3", "m", "3")
+    assert resolve(model_cfg(alias="champion"), client, tmp_path, False) == ModelRef(
+        "models:/m@champion", "m", "2"
+    )
+    assert resolve(model_cfg(uri="/models/x"), None, tmp_path, False).uri == "/models/x"
+
+
+def test_azureml_job_by_name_or_the_last_one_training_submitted(tmp_path):
+    with pytest.raises(
+        ModelNotFound, match=r"last_job.json does not exist: submit .*python -m train target=azureml"
+    ):
+        resolve(model_cfg(azureml_job="last"), None, tmp_path, True)
+    (tmp_path / "azureml").mkdir()
+    (tmp_path / "azureml" / "last_job.json").write_text(
+        json.dumps({"job_name": "sleepy_fox_1", "studio_url": "x"})
+    )
+    ref = resolve(model_cfg(azureml_job="last"), None, tmp_path, for_azureml=True)
+    assert ref == ModelRef(
+        "azureml://jobs/sleepy_fox_1/outputs/artifacts/paths/model/", "m", azureml_job="sleepy_fox_1"
+    )
+    # Here, through MLflow: the job name is the run id in the workspace's tracking store.
+    assert (
+        resolve(model_cfg(azureml_job="other_job"), None, tmp_path, for_azureml=False).uri
+        == "runs:/other_job/model"
+    )
+
+
+def test_deploy_config_composes_for_both_targets_and_rejects_bad_actions():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    import deploy.__main__  # noqa: F401  (registers the project_root resolver)
+    from deploy import actions
+    from train.config import PROJECT_ROOT
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf" / "deploy"), version_base="1.3"):
+        local = compose("deploy", overrides=["port=8001"])
+        azure = compose(
+            "deploy", overrides=["target=azureml", "target.deployment.instance_type=Standard_NC6s_v3"]
+        )
+        bad = compose("deploy", overrides=["action=status"])
+        typo = compose("deploy", overrides=["action=deplyo"])
+    GlobalHydra.instance().clear()
+    assert (local.target.name, local.port, local.key_env) == ("local", 8001, "FINETUNE_PHI_ENDPOINT_KEY")
+    assert azure.target.deployment.instance_type == "Standard_NC6s_v3"
+    assert azure.target.endpoint.auth_mode == "key" and azure.target.traffic.new_percent == 100
+    with pytest.raises(SystemExit, match="action=status needs target=azureml"):
+        actions.run(bad)
+    with pytest.raises(SystemExit, match="expected one of deploy, status, teardown, chat"):
+        actions.run(typo)

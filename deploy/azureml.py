@@ -1,0 +1,428 @@
+"""Managed online endpoint deployment, blue/green, through azure-ai-ml entities.
+
+`deploy()` never deletes an endpoint and never touches the live deployment:
+1. register the model in the workspace (type mlflow_model) and the serving environment;
+2. create the endpoint if it does not exist (an existing one is left as it is);
+3. create or update the deployment that carries no traffic (`deployment.names` alternate);
+4. smoke-test it with a real request (`online_endpoints.invoke(deployment_name=...)`);
+5. only then move `traffic.new_percent` to it; the previous deployment keeps the rest.
+A failure in 3 or 4 leaves traffic where it was; the new deployment is kept for its logs
+or deleted (`on_failure`), never the live one. `teardown()` deletes only on confirmation.
+
+The scoring code is deploy/scoring/score.py, the same module the local server runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from azure.ai.ml.constants import AssetTypes
+from azure.ai.ml.entities import (
+    CodeConfiguration,
+    IdentityConfiguration,
+    ManagedIdentityConfiguration,
+    ManagedOnlineDeployment,
+    ManagedOnlineEndpoint,
+    Model,
+    OnlineRequestSettings,
+    ProbeSettings,
+)
+from azure.core.exceptions import ResourceNotFoundError
+from omegaconf import OmegaConf
+
+from deploy.registry import ModelRef
+
+log = logging.getLogger(__name__)
+
+SCORING_DIR = Path(__file__).resolve().parent / "scoring"
+
+
+class DeployError(RuntimeError):
+    """The deployment did not go through; the message says what state things were left in."""
+
+
+# ---------------------------------------------------------------- entities
+
+
+def endpoint_entity(endpoint_cfg) -> ManagedOnlineEndpoint:
+    if endpoint_cfg.identity_type == "user_assigned":
+        if not endpoint_cfg.user_assigned_identity_id:
+            raise DeployError(
+                "target.endpoint.identity_type=user_assigned needs the identity's ARM resource id: set "
+                "AZURE_MANAGED_IDENTITY_RESOURCE_ID or target.endpoint.user_assigned_identity_id "
+                "(/subscriptions/.../providers/Microsoft.ManagedIdentity/userAssignedIdentities/NAME), "
+                "or use target.endpoint.identity_type=system_assigned"
+            )
+        identity = IdentityConfiguration(
+            type="user_assigned",
+            user_assigned_identities=[
+                ManagedIdentityConfiguration(resource_id=endpoint_cfg.user_assigned_identity_id)
+            ],
+        )
+    elif endpoint_cfg.identity_type == "system_assigned":
+        identity = IdentityConfiguration(type="system_assigned")
+    else:
+        raise DeployError(
+            f"target.endpoint.identity_type={endpoint_cfg.identity_type!r}: use user_assigned or system_assigned"
+        )
+    return ManagedOnlineEndpoint(
+        name=endpoint_cfg.name,
+        description=endpoint_cfg.description,
+        auth_mode=endpoint_cfg.auth_mode,
+        identity=identity,
+    )
+
+
+def _probe(probe_cfg) -> ProbeSettings:
+    return ProbeSettings(**dict(probe_cfg))
+
+
+def deployment_entity(
+    deployment_cfg, endpoint_name: str, name: str, model, environment
+) -> ManagedOnlineDeployment:
+    """The deployment: our scoring script and environment around the registered MLflow model."""
+    return ManagedOnlineDeployment(
+        name=name,
+        endpoint_name=endpoint_name,
+        model=model,
+        environment=environment,
+        code_configuration=CodeConfiguration(code=str(SCORING_DIR), scoring_script="score.py"),
+        instance_type=deployment_cfg.instance_type,
+        instance_count=deployment_cfg.instance_count,
+        request_settings=OnlineRequestSettings(
+            request_timeout_ms=deployment_cfg.request_timeout_ms,
+            max_concurrent_requests_per_instance=deployment_cfg.max_concurrent_requests_per_instance,
+            max_queue_wait_ms=deployment_cfg.max_queue_wait_ms,
+        ),
+        liveness_probe=_probe(deployment_cfg.liveness_probe),
+        readiness_probe=_probe(deployment_cfg.readiness_probe),
+        environment_variables=dict(deployment_cfg.environment_variables or {}),
+    )
+
+
+def model_entity(ref: ModelRef, name: str, local_path: str | None = None) -> Model:
+    """The workspace model (type mlflow_model): an Azure ML job's output, or a local copy."""
+    tags = {"source": ref.uri}
+    if ref.azureml_job:
+        tags["azureml_job"] = ref.azureml_job
+    return Model(
+        name=name,
+        path=local_path or ref.uri,
+        type=AssetTypes.MLFLOW_MODEL,
+        description="fine-tuned chat model (finetune-phi)",
+        tags=tags,
+    )
+
+
+def register_model(client, ref: ModelRef, name: str, tracking_uri: str):
+    """The model in the workspace registry, registered from wherever it is."""
+    if ref.uri.startswith("azureml://"):
+        return client.models.create_or_update(model_entity(ref, name))
+    if tracking_uri.startswith("azureml:") and ref.uri.startswith("models:/") and ref.version:
+        # Logged through azureml-mlflow: the MLflow registry *is* the workspace registry.
+        return client.models.get(ref.name, version=ref.version)
+    import mlflow
+
+    local = mlflow.artifacts.download_artifacts(
+        ref.uri, dst_path=tempfile.mkdtemp(prefix="finetune-phi-model-")
+    )
+    return client.models.create_or_update(model_entity(ref, name, local_path=local))
+
+
+def entity_yaml(entity) -> str:
+    """The entity as the YAML `az ml ... create -f` and `load_online_*` read.
+
+    (azure-ai-ml 1.35's ManagedOnlineEndpoint.dump(dest) ignores `dest` and only returns a
+    dict, with nulls its own loader rejects, while Deployment.dump needs `dest`; so the YAML
+    is written from the same dict for both, nulls dropped.)
+    """
+    import yaml
+
+    def without_nulls(value):
+        # The dump writes unset identity ids as null, which load_online_endpoint rejects.
+        if isinstance(value, dict):
+            return {k: without_nulls(v) for k, v in value.items() if v is not None}
+        if isinstance(value, list):
+            return [without_nulls(v) for v in value]
+        return value
+
+    # `_to_dict` is what `dump` serialises, for endpoints and deployments alike.
+    plain = json.loads(json.dumps(entity._to_dict()))  # OrderedDicts -> dicts for safe_dump
+    return yaml.safe_dump(without_nulls(plain), sort_keys=False)
+
+
+# ---------------------------------------------------------------- blue/green planning
+
+
+def live_traffic(endpoint) -> dict[str, int]:
+    return {name: int(share) for name, share in (endpoint.traffic or {}).items() if int(share) > 0}
+
+
+def pick_new_deployment(names: list[str], traffic: Mapping[str, int]) -> str:
+    """The first configured name carrying no traffic: updating a live one is not blue/green."""
+    for name in names:
+        if not traffic.get(name):
+            return name
+    raise DeployError(
+        f"every deployment name in target.deployment.names {list(names)} carries traffic {dict(traffic)}; "
+        "move traffic off one first, or add a name to target.deployment.names"
+    )
+
+
+def traffic_after(current: Mapping[str, int], new: str, new_percent: int) -> dict[str, int]:
+    """`new` gets `new_percent`; the others share the rest in proportion to what they had."""
+    if not 0 < new_percent <= 100:
+        raise DeployError(f"target.traffic.new_percent={new_percent}: expected 1..100")
+    others = {k: v for k, v in current.items() if k != new and v > 0}
+    if not others:
+        return {new: 100}
+    rest, total = 100 - new_percent, sum(others.values())
+    shares = {k: rest * v // total for k, v in others.items()}
+    largest = max(others, key=others.get)
+    shares[largest] += rest - sum(shares.values())  # integer remainder to the largest
+    return {new: new_percent, **shares}
+
+
+def smoke_test(client, endpoint_name: str, deployment_name: str, payload: Mapping) -> str:
+    """A real request to the new deployment only; returns the answer text or raises DeployError."""
+    with tempfile.TemporaryDirectory() as tmp:
+        request_file = Path(tmp) / "request.json"
+        request_file.write_text(json.dumps(payload), encoding="utf-8")
+        try:
+            raw = client.online_endpoints.invoke(
+                endpoint_name, request_file=str(request_file), deployment_name=deployment_name
+            )
+        except Exception as e:
+            raise DeployError(
+                f"smoke test request to {deployment_name} failed: {type(e).__name__}: {e}"
+            ) from e
+    try:
+        response = json.loads(raw)
+        return response["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        raise DeployError(
+            f"smoke test of {deployment_name}: not a chat completion: {str(raw)[:300]!r}"
+        ) from e
+
+
+def _get_endpoint(client, name: str):
+    try:
+        return client.online_endpoints.get(name)
+    except ResourceNotFoundError:
+        return None
+
+
+def deploy(cfg, client, ref: ModelRef, environment, tracking_uri: str) -> dict:
+    """Blue/green deploy of `ref` to `cfg.target.endpoint.name`; returns what was done."""
+    target = cfg.target
+    endpoint_name = target.endpoint.name
+
+    model = register_model(client, ref, target.model_registration.name, tracking_uri)
+    log.info("model registered in the workspace: %s", getattr(model, "id", model))
+
+    endpoint = _get_endpoint(client, endpoint_name)
+    if endpoint is None:
+        log.info("creating endpoint %s", endpoint_name)
+        endpoint = client.online_endpoints.begin_create_or_update(endpoint_entity(target.endpoint)).result()
+    before = live_traffic(endpoint)
+    new_name = pick_new_deployment(list(target.deployment.names), before)
+    log.info("traffic now %s; deploying %s beside it", before or "{}", new_name)
+
+    deployment = deployment_entity(target.deployment, endpoint_name, new_name, model, environment)
+    try:
+        client.online_deployments.begin_create_or_update(deployment).result()
+        payload = OmegaConf.to_container(target.smoke_test.payload, resolve=True)
+        answer = smoke_test(client, endpoint_name, new_name, payload)
+    except Exception as e:
+        state = f"traffic left as it was ({before or 'none'})"
+        if target.on_failure == "delete":
+            try:
+                client.online_deployments.begin_delete(name=new_name, endpoint_name=endpoint_name).result()
+                state += f"; the failed deployment {new_name} was deleted"
+            except Exception as delete_error:  # report both, keep the first cause
+                state += f"; deleting {new_name} failed too ({delete_error})"
+        else:
+            state += f"; the failed deployment {new_name} was kept: read its logs with `az ml online-deployment get-logs -e {endpoint_name} -n {new_name}`"
+        raise DeployError(f"deployment {new_name} failed: {e}; {state}") from e
+
+    after = traffic_after(before, new_name, int(target.traffic.new_percent))
+    endpoint = client.online_endpoints.get(endpoint_name)
+    endpoint.traffic = after
+    client.online_endpoints.begin_create_or_update(endpoint).result()
+    log.info("traffic moved: %s -> %s", before or "{}", after)
+    return {
+        "endpoint": endpoint_name,
+        "deployment": new_name,
+        "traffic_before": before,
+        "traffic_after": after,
+        "smoke_test_answer": answer,
+        "scoring_uri": getattr(endpoint, "scoring_uri", None),
+    }
+
+
+# ---------------------------------------------------------------- status and teardown
+
+
+def status(client) -> list[dict]:
+    """Every online endpoint in the workspace with its deployments and traffic."""
+    rows = []
+    for endpoint in client.online_endpoints.list():
+        deployments = [
+            {
+                "name": d.name,
+                "instance_type": d.instance_type,
+                "instance_count": d.instance_count,
+                "state": d.provisioning_state,
+                "model": d.model if isinstance(d.model, str) else getattr(d.model, "id", None),
+            }
+            for d in client.online_deployments.list(endpoint.name)
+        ]
+        rows.append(
+            {
+                "endpoint": endpoint.name,
+                "scoring_uri": endpoint.scoring_uri,
+                "auth_mode": endpoint.auth_mode,
+                "state": endpoint.provisioning_state,
+                "traffic": dict(endpoint.traffic or {}),
+                "deployments": deployments,
+            }
+        )
+    return rows
+
+
+def format_status(rows: list[dict]) -> str:
+    if not rows:
+        return "no online endpoints in this workspace"
+    lines = []
+    for row in rows:
+        lines.append(f"{row['endpoint']}  [{row['state']}]  auth={row['auth_mode']}  {row['scoring_uri']}")
+        for d in row["deployments"]:
+            share = row["traffic"].get(d["name"], 0)
+            lines.append(
+                f"  {d['name']:<10} {share:>3}%  {d['instance_type']} x{d['instance_count']}  [{d['state']}]  {d['model']}"
+            )
+    return "\n".join(lines)
+
+
+def check_teardown_confirmed(endpoint_name: str, confirm: str | None) -> None:
+    if confirm != endpoint_name:
+        raise DeployError(
+            f"action=teardown deletes endpoint {endpoint_name} and every deployment on it (it stops the "
+            f"cost, and the traffic). Repeat its name to confirm: target.teardown.confirm={endpoint_name}"
+        )
+
+
+def teardown(client, endpoint_name: str, confirm: str | None, deployment: str | None = None) -> str:
+    """Delete one idle deployment, or the whole endpoint when `confirm` repeats its name."""
+    if deployment:
+        endpoint = client.online_endpoints.get(endpoint_name)
+        share = live_traffic(endpoint).get(deployment, 0)
+        if share:
+            raise DeployError(
+                f"deployment {deployment} carries {share}% of {endpoint_name}'s traffic; move it first"
+            )
+        client.online_deployments.begin_delete(name=deployment, endpoint_name=endpoint_name).result()
+        return f"deleted deployment {deployment} of {endpoint_name}"
+    check_teardown_confirmed(endpoint_name, confirm)
+    client.online_endpoints.begin_delete(name=endpoint_name).result()
+    return f"deleted endpoint {endpoint_name}"
+
+
+def endpoint_credentials(client, endpoint_name: str) -> tuple[str, str]:
+    """(scoring URI, primary key), fetched at use time; neither is stored or printed here."""
+    endpoint = client.online_endpoints.get(endpoint_name)
+    return endpoint.scoring_uri, client.online_endpoints.get_keys(endpoint_name).primary_key
+
+
+# ---------------------------------------------------------------- identity roles preflight
+
+# Role definition ids (the same in every tenant) the seeds grant the endpoint's identity.
+REQUIRED_ROLES = {
+    "Storage Blob Data Reader": ("2a2b9908-6ea1-4ae2-8e65-a410df84e7d1", "storage_account"),
+    "AcrPull": ("7f951dda-4ed3-4680-a7ca-43fe172d538d", "container_registry"),
+    "Contributor": ("b24988ac-6180-42a0-ab88-20f7382dd24c", "resource_group"),
+}
+ARM = "https://management.azure.com"
+
+
+def required_assignments(workspace, subscription_id: str, resource_group: str) -> list[tuple[str, str, str]]:
+    """(role name, role definition id, scope) the endpoint identity needs on this workspace."""
+    scopes = {
+        "storage_account": workspace.storage_account,
+        "container_registry": workspace.container_registry,
+        "resource_group": f"/subscriptions/{subscription_id}/resourceGroups/{resource_group}",
+    }
+    return [(role, role_id, scopes[kind]) for role, (role_id, kind) in REQUIRED_ROLES.items() if scopes[kind]]
+
+
+def missing_roles(assignments: list[dict], required: list[tuple[str, str, str]]) -> list[tuple[str, str]]:
+    """(role, scope) pairs not granted; an assignment on a parent scope (inherited) counts."""
+    have = [
+        (
+            a["properties"]["roleDefinitionId"].rsplit("/", 1)[-1].lower(),
+            a["properties"]["scope"].rstrip("/").lower(),
+        )
+        for a in assignments
+    ]
+    missing = []
+    for role, role_id, scope in required:
+        scope_l = scope.lower()
+        if not any(rid == role_id and (scope_l == s or scope_l.startswith(s + "/")) for rid, s in have):
+            missing.append((role, scope))
+    return missing
+
+
+def _arm_getter(credential):
+    from azure.core import PipelineClient
+    from azure.core.pipeline.policies import BearerTokenCredentialPolicy, RetryPolicy
+
+    pipeline = PipelineClient(
+        ARM, policies=[RetryPolicy(), BearerTokenCredentialPolicy(credential, f"{ARM}/.default")]
+    )
+
+    def get(path: str, params: dict) -> dict:
+        response = pipeline.send_request(pipeline.get(f"{ARM}{path}", params=params))
+        response.raise_for_status()
+        return response.json()
+
+    return get
+
+
+def preflight_roles(client, endpoint_cfg, arm_get=None) -> list[str]:
+    """Report the endpoint identity's missing role assignments before anything is created.
+
+    Raises DeployError listing the `az role assignment create` commands for what is
+    missing; returns notes when all is granted or the check could not run.
+    """
+    if endpoint_cfg.identity_type != "user_assigned":
+        return [
+            "system-assigned identity: Azure creates it with the endpoint; grant its roles after the first deploy"
+        ]
+    arm_get = arm_get or _arm_getter(client._credential)
+    sub, rg = client.subscription_id, client.resource_group_name
+    try:
+        identity = arm_get(endpoint_cfg.user_assigned_identity_id, {"api-version": "2023-01-31"})
+        principal = identity["properties"]["principalId"]
+        assignments = arm_get(
+            f"/subscriptions/{sub}/providers/Microsoft.Authorization/roleAssignments",
+            {"api-version": "2022-04-01", "$filter": f"principalId eq '{principal}'"},
+        )["value"]
+        workspace = client.workspaces.get(client.workspace_name)
+    except Exception as e:  # no ARM read access: say so, do not block on what cannot be seen
+        return [f"could not read the identity's role assignments ({type(e).__name__}: {e}); not checked"]
+    missing = missing_roles(assignments, required_assignments(workspace, sub, rg))
+    if missing:
+        fixes = "\n".join(
+            f"  az role assignment create --assignee-object-id {principal} --assignee-principal-type "
+            f'ServicePrincipal --role "{role}" --scope {scope}'
+            for role, scope in missing
+        )
+        raise DeployError(
+            f"the endpoint identity {endpoint_cfg.user_assigned_identity_id} lacks "
+            f"{', '.join(r for r, _ in missing)}; nothing was deployed. Grant them (then wait a few minutes):\n{fixes}"
+        )
+    return [f"identity has {', '.join(REQUIRED_ROLES)}"]

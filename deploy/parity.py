@@ -1,0 +1,205 @@
+"""Training/serving parity: the served model sees what training taught it, and stops where it learned to.
+
+Chat-template drift between training and serving is the most-reported failure of fine-tuning
+tools (answers that never stop, a missing `<|assistant|>` tag, a BOS added twice). Before
+`python -m deploy` serves or deploys, `check()` renders probe conversations through
+- training's template and special tokens (the `tokenizer/` artifacts the recipe logged),
+- MLflow's own llm/v1/chat rendering (`convert_messages_to_prompt` + the pipeline's
+  tokenisation: what `pyfunc.predict` and `mlflow models serve` feed the model),
+- the scoring code (`Scorer.render`, in-process or over HTTP against a running endpoint),
+and compares the prompt token ids, where generation stops (the token that ends an assistant
+turn in training must be an EOS id of generation), and the generate() arguments each probe
+request maps to, including the ones that actually reach `model.generate`.
+Any difference is a ParityError naming the probe and both sides.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from deploy.scoring.score import ChatModel, Scorer, generation_kwargs
+
+PROBE_CONVERSATIONS = [
+    [{"role": "user", "content": "Repeat: red fox"}],
+    [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "Name the next weekday after Monday."},
+    ],
+    [
+        {"role": "user", "content": "Count the words: one two three"},
+        {"role": "assistant", "content": "3"},
+        {"role": "user", "content": "And: a b"},
+    ],
+]
+# Request parameters -> the generate() arguments they must become (None: not passed).
+PROBE_PARAMS: list[tuple[dict, dict[str, Any]]] = [
+    ({}, {"max_new_tokens": 128, "do_sample": False}),
+    ({"max_tokens": 7}, {"max_new_tokens": 7, "do_sample": False}),
+    ({"max_new_tokens": 5, "temperature": 0.0}, {"max_new_tokens": 5, "do_sample": False}),
+    (
+        {"max_new_tokens": 9, "temperature": 0.7, "top_p": 0.9},
+        {"max_new_tokens": 9, "do_sample": True, "temperature": 0.7, "top_p": 0.9},
+    ),
+    ({"temperature": 0.5, "do_sample": False}, {"max_new_tokens": 128, "do_sample": False}),
+]
+
+
+class ParityError(RuntimeError):
+    """Serving would not match training; the message lists every mismatch."""
+
+
+def training_tokenizer_info(run_artifacts_dir: str | Path) -> dict:
+    """The chat template and special tokens the training run logged (`tokenizer/` artifacts)."""
+    root = Path(run_artifacts_dir)
+    return {
+        "chat_template": (root / "chat_template.jinja").read_text(encoding="utf-8"),
+        "special_tokens": json.loads((root / "special_tokens.json").read_text(encoding="utf-8")),
+    }
+
+
+def download_training_tokenizer_info(run_id: str, dst: str | Path) -> dict | None:
+    """The logged tokenizer artifacts of `run_id`, or None when the run has none."""
+    import mlflow
+
+    try:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path="tokenizer", dst_path=str(dst)
+        )
+    except Exception:  # a run logged by another tool: no training artifacts to compare with
+        return None
+    return training_tokenizer_info(path)
+
+
+def mlflow_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids as MLflow's llm/v1/chat pyfunc produces them: render to text, then tokenise
+    without special tokens (transformers' TextGenerationPipeline default)."""
+    from mlflow.transformers.llm_inference_utils import convert_messages_to_prompt
+
+    prompt = convert_messages_to_prompt(messages, tokenizer)
+    return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+def captured_generate_kwargs(chat_model: ChatModel, messages: list[dict], generate: dict) -> dict:
+    """The keyword arguments that reach `model.generate` for one request (no generation:
+    the model's generate is swapped for a recorder that returns the prompt plus EOS)."""
+    import torch
+
+    seen: dict = {}
+    model = chat_model.model
+
+    def recorder(input_ids=None, attention_mask=None, **kwargs):
+        seen.update(kwargs)
+        eos = torch.tensor([[chat_model.eos_token_ids[0]]], device=input_ids.device)
+        return torch.cat([input_ids, eos], dim=1)
+
+    model.generate = recorder
+    try:
+        chat_model.answer(messages, generate, stop=[])
+    finally:
+        del model.generate  # back to the class's method
+    return seen
+
+
+def check(
+    chat_model: ChatModel,
+    training: dict | None,
+    render: Callable[[dict], tuple[int, Any]] | None = None,
+) -> list[str]:
+    """Run every comparison; returns notes of what was compared, raises ParityError on a mismatch.
+
+    `training`: `training_tokenizer_info(...)`, or None to skip that side (noted).
+    `render`: the endpoint's render route (defaults to this process's Scorer.render).
+    """
+    tokenizer = chat_model.tokenizer
+    render = render or Scorer(chat_model).render
+    problems: list[str] = []
+    notes: list[str] = []
+
+    if training is None:
+        notes.append(
+            "no training tokenizer artifacts (tokenizer/) in the run: template compared with MLflow only"
+        )
+    else:
+        for name, logged in training["special_tokens"].items():
+            served = {"token": getattr(tokenizer, name, None), "id": getattr(tokenizer, f"{name}_id", None)}
+            if served != logged:
+                problems.append(f"special token {name}: training {logged}, serving {served}")
+
+    for i, messages in enumerate(PROBE_CONVERSATIONS):
+        served = chat_model.prompt_ids(messages)
+        if training is not None:
+            trained = tokenizer.apply_chat_template(
+                messages,
+                chat_template=training["chat_template"],
+                add_generation_prompt=True,
+                return_dict=True,
+            )["input_ids"]
+            if trained != served:
+                problems.append(_diff(f"probe {i}: training template vs serving", trained, served, tokenizer))
+        via_mlflow = mlflow_prompt_ids(tokenizer, messages)
+        if via_mlflow != served:
+            problems.append(
+                _diff(f"probe {i}: MLflow pyfunc rendering vs serving", via_mlflow, served, tokenizer)
+            )
+        status, body = render({"messages": messages})
+        if status != 200 or body["prompt_token_ids"] != [served]:
+            problems.append(f"probe {i}: the endpoint renders {body} (status {status}), in-process {served}")
+
+    # Where an answer ends: the first special token after an assistant turn in training data.
+    messages = PROBE_CONVERSATIONS[0]
+    template = training["chat_template"] if training else None
+    full = tokenizer.apply_chat_template(
+        [*messages, {"role": "assistant", "content": "parity"}], chat_template=template, return_dict=True
+    )["input_ids"]
+    prompt = chat_model.prompt_ids(messages)
+    if full[: len(prompt)] != prompt:
+        problems.append(
+            _diff("a training sequence does not start with the serving prompt", full, prompt, tokenizer)
+        )
+    else:
+        special = set(tokenizer.all_special_ids)
+        ends = [t for t in full[len(prompt) :] if t in special]
+        if not ends:
+            problems.append(
+                "training sequences end assistant turns with no special token: generation cannot stop"
+            )
+        elif ends[0] not in chat_model.eos_token_ids:
+            problems.append(
+                f"training ends assistant turns with {tokenizer.convert_ids_to_tokens(ends[0])!r} (id {ends[0]}) "
+                f"but generation stops at ids {chat_model.eos_token_ids}: answers would run on; set the model's "
+                "generation_config.eos_token_id before logging it"
+            )
+        else:
+            notes.append(f"answers stop at {tokenizer.convert_ids_to_tokens(ends[0])!r}, as in training")
+
+    for params, expected in PROBE_PARAMS:
+        mapped, _ = generation_kwargs(params)
+        if mapped != expected:
+            problems.append(f"params {params}: mapped to {mapped}, expected {expected}")
+        reached = captured_generate_kwargs(chat_model, PROBE_CONVERSATIONS[0], mapped)
+        sent = {k: reached.get(k) for k in expected}
+        if sent != expected or reached.get("eos_token_id") != chat_model.eos_token_ids:
+            problems.append(f"params {params}: model.generate received {reached}, expected {expected}")
+        status, body = render({"messages": PROBE_CONVERSATIONS[0], **params})
+        if status != 200 or body["generate_kwargs"] != chat_model.full_kwargs(expected):
+            problems.append(f"params {params}: the endpoint maps them to {body} (status {status})")
+
+    if problems:
+        raise ParityError("training/serving parity check failed:\n  - " + "\n  - ".join(problems))
+    renderings = 3 if training is not None else 2
+    notes.append(
+        f"{len(PROBE_CONVERSATIONS)} conversations x {renderings} renderings and {len(PROBE_PARAMS)} parameter sets agree"
+    )
+    return notes
+
+
+def _diff(what: str, a: list[int], b: list[int], tokenizer) -> str:
+    at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return (
+        f"{what}: token ids differ at position {at}: "
+        f"{tokenizer.convert_ids_to_tokens(a[at : at + 3])} vs {tokenizer.convert_ids_to_tokens(b[at : at + 3])} "
+        f"(lengths {len(a)} and {len(b)})"
+    )
