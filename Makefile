@@ -24,6 +24,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: setup ## fine-tune the tiny offline model on the bundled data and register it in MLflow
 	$(PY) -m train
 
+e2e: setup ## train + register the tiny model, serve it locally, ask the chat flow a question, stop
+	$(PY) -m flow.e2e
+
 test: setup ## run every test that can run here (GPU tests are skipped without CUDA)
 	$(PY) -m pytest
 
@@ -44,4 +47,4 @@ constraints: setup ## re-resolve constraints.txt after changing pyproject.toml's
 clean-outputs: ## delete local runs and the local MLflow store (asks first)
 	@read -p "Delete ./outputs (all local runs and registered models)? [y/N] " a && [ "$$a" = y ] && rm -rf outputs
 
-.PHONY: help setup demo test lint format constraints clean-outputs
+.PHONY: help setup demo e2e test lint format constraints clean-outputs

@@ -1,0 +1,172 @@
+"""Create or update the promptflow CustomConnection that both flows call the endpoint through.
+
+python -m flow.connect                                      # local server, 127.0.0.1:8000
+python -m flow.connect target.port=8001 payload=seedB
+python -m flow.connect target=azureml target.endpoint_name=phi3-ft
+
+The connection holds `endpoint`, `payload`, `timeout_s`, `max_retries` (and `deployment`) in
+its configs and the key in its secrets, which promptflow encrypts in its local store
+(~/.promptflow, or PF_HOME_DIRECTORY). The key is never printed, logged or written elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import urllib.request
+from dataclasses import dataclass
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+NO_KEY = "none"  # promptflow requires a non-empty secret; configs.auth=none says to send none
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a deploy target is served and the key it wants (empty: no auth)."""
+
+    url: str
+    key: str
+    deployment: str = ""
+
+
+def local_endpoint(target: DictConfig, environ=os.environ) -> Endpoint:
+    """The local server's scoring URL; its key from the variable the server reads."""
+    return Endpoint(
+        url=f"http://{target.host}:{target.port}{target.route}", key=environ.get(target.key_env, "")
+    )
+
+
+def azureml_endpoint(target: DictConfig, client=None) -> Endpoint:
+    """An Azure ML online endpoint's scoring URI and key, fetched with azure-ai-ml.
+
+    `client` is an MLClient (injectable); by default one is built from `target.workspace`.
+    """
+    from azure.ai.ml.entities import EndpointAuthKeys, EndpointAuthToken
+
+    name = target.endpoint_name  # fails first, naming the key, when it is not given
+    if client is None:
+        from train.azureml.workspace import WorkspaceSettings, ml_client
+
+        workspace = OmegaConf.to_container(target.workspace, resolve=True)
+        client = ml_client(WorkspaceSettings.from_config(workspace))
+    endpoint = client.online_endpoints.get(name)
+    if not endpoint.scoring_uri:
+        raise RuntimeError(
+            f"online endpoint {name!r} has no scoring URI yet "
+            f"(provisioning state: {endpoint.provisioning_state}); wait for it to finish and re-run"
+        )
+    credentials = client.online_endpoints.get_keys(name)
+    if isinstance(credentials, EndpointAuthKeys):
+        key = credentials.primary_key
+    elif isinstance(credentials, EndpointAuthToken):
+        log.warning(
+            "endpoint %r uses auth_mode aml_token: the stored token expires at %s; re-run this "
+            "command after that (or switch the endpoint to auth_mode key)",
+            name,
+            credentials.expiry_time_utc,
+        )
+        key = credentials.access_token
+    else:
+        raise RuntimeError(
+            f"endpoint {name!r} uses Microsoft Entra (aad_token) auth, which a "
+            "connection with a static key cannot hold; create the endpoint with auth_mode key"
+        )
+    if not key:
+        raise RuntimeError(f"azure-ai-ml returned no key for endpoint {name!r}")
+    return Endpoint(url=endpoint.scoring_uri, key=key, deployment=target.deployment or "")
+
+
+def build_connection(cfg: DictConfig, endpoint: Endpoint):
+    """The CustomConnection entity: configs are plain strings, the key is the only secret."""
+    from promptflow.entities import CustomConnection
+
+    from flow.endpoint_client import EndpointSettings
+
+    configs = {
+        "endpoint": endpoint.url,
+        "payload": str(cfg.payload),
+        "timeout_s": str(cfg.timeout_s),
+        "max_retries": str(cfg.max_retries),
+        "auth": "bearer" if endpoint.key else "none",
+        "target": str(cfg.target.name),
+    }
+    if endpoint.deployment:
+        configs["deployment"] = endpoint.deployment
+    EndpointSettings.from_connection(configs, {"key": endpoint.key})  # fail here, not mid-chat
+    return CustomConnection(name=cfg.name, configs=configs, secrets={"key": endpoint.key or NO_KEY})
+
+
+def connect(cfg: DictConfig, client=None, pf=None):
+    """Fetch the target's endpoint and store it as `cfg.name`; returns the stored connection
+    (its secrets scrubbed, as promptflow returns them)."""
+    if cfg.target.name == "local":
+        endpoint = local_endpoint(cfg.target)
+    elif cfg.target.name == "azureml":
+        endpoint = azureml_endpoint(cfg.target, client)
+    else:
+        raise ValueError(f"target={cfg.target.name!r}: use target=local or target=azureml")
+    connection = build_connection(cfg, endpoint)
+    if cfg.telemetry is not None:
+        from promptflow._sdk._configuration import Configuration  # what `pf config set` uses
+
+        Configuration.get_instance().set_config("telemetry.enabled", bool(cfg.telemetry))
+    if pf is None:
+        from promptflow.client import PFClient
+
+        pf = PFClient()
+    previous = _stored_endpoint(pf, connection.name)
+    if previous and previous != connection.configs["endpoint"]:
+        log.warning(
+            "connection %r pointed at %s; it now points at %s", connection.name, previous, endpoint.url
+        )
+    pf.connections.create_or_update(connection)
+    return pf.connections.get(connection.name, with_secrets=False)  # scrubbed: the key stays in the store
+
+
+def _stored_endpoint(pf, name: str) -> str | None:
+    from promptflow.exceptions import UserErrorException
+
+    try:
+        return dict(pf.connections.get(name, with_secrets=False).configs).get("endpoint")
+    except UserErrorException:  # ConnectionNotFoundError: nothing stored under that name yet
+        return None
+
+
+def is_serving(url: str, timeout_s: float = 2.0) -> bool:
+    """Whether the local server's /health answers (a hint only: it may start later)."""
+    health = url.rsplit("/", 1)[0] + "/health"
+    try:
+        with urllib.request.urlopen(health, timeout=timeout_s) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="connect")
+def main(cfg: DictConfig) -> None:
+    stored = connect(cfg)
+    configs = dict(stored.configs)
+    print(f"connection {stored.name!r} -> {configs['endpoint']} (payload {configs['payload']})")
+    if configs["auth"] == "bearer":
+        print("  key: stored encrypted in promptflow's connection store (not shown)")
+    else:
+        print(
+            f"  key: none (${cfg.target.get('key_env', 'KEY')} was not set; the server must run without one)"
+        )
+    if cfg.target.name == "local" and not is_serving(configs["endpoint"]):
+        print("  note: nothing answers there yet; start it with `python -m deploy target=local`")
+    if cfg.telemetry is not None:
+        print(
+            f"  promptflow telemetry: {'on' if cfg.telemetry else 'off'} (pf config set telemetry.enabled=...)"
+        )
+    print(
+        '  try it: pf flow test --flow flow/chat --inputs question="What is the first word of: amber river"'
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""The whole local path in one command (`make e2e`): train, register, serve, connect, ask.
+
+python -m flow.e2e                                   # the embedded default, one question
+python -m flow.e2e --question "What is the first word of: amber river"
+python -m flow.e2e --train-override eval.generate_samples=8   # replaces the default overrides
+python -m flow.e2e --model-uri models:/tiny-phi3-sft/1        # skip training: serve, connect, ask
+
+1. `python -m train` fine-tunes the tiny offline model and registers it in MLflow (the same
+   store as `make demo`: outputs/mlflow.db unless MLFLOW_TRACKING_URI is set), without the
+   held-out generation eval, per-epoch eval and checkpoints (`make demo` has them).
+2. The registered version is served by `python -m deploy target=local` on a free loopback
+   port, with a random per-run key (in the server's and this process's environment only).
+3. `flow.connect` stores the endpoint and key as the flows' CustomConnection, in a
+   promptflow home of this run's own (outputs/e2e/<time>/promptflow), so a developer's
+   connection of the same name (say, to an Azure endpoint) is never overwritten.
+4. The chat flow answers a question through promptflow's runner; the server is then stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+FLOW_DIR = Path(__file__).resolve().parent
+DEFAULT_QUESTION = "How many words are in: glacier lantern"  # held out (answer: two)
+# Cheap settings for a demo of the path: the same 2 epochs as `make demo` (1 epoch scores 0%
+# held-out exact match), minus the held-out generation before/after training, the per-epoch
+# eval (the final one still runs) and checkpoints.
+DEFAULT_TRAIN_OVERRIDES = ("eval.generate_samples=0", "sft.eval_strategy=no", "sft.save_strategy=no")
+KEY_ENV = "FINETUNE_PHI_ENDPOINT_KEY"
+
+
+def isolate_promptflow_home(home: Path) -> None:
+    """Point promptflow at `home` (before it is imported: it fixes its home on import), with
+    telemetry off, no trace collector (which would leave a background service running) and
+    no calls out: its Azure Monitor exporter's settings fetch and its weekly pypi.org
+    version check (skipped when its cache says it just checked)."""
+    if "promptflow" in sys.modules:
+        raise RuntimeError("promptflow was imported before its home could be set")
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "pf.yaml").write_text("telemetry:\n  enabled: false\ntrace:\n  destination: none\n")
+    checked = {"last_check_time": str(datetime.datetime.now()), "latest_version": "0"}
+    (home / "pf_version_check.json").write_text(json.dumps(checked))
+    os.environ["PF_HOME_DIRECTORY"] = str(home)
+    os.environ["APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED"] = "true"
+
+
+def train(run_dir: Path, overrides: list[str]) -> dict:
+    """`python -m train` into `run_dir`; returns its summary.json."""
+    command = [sys.executable, "-m", "train", f"hydra.run.dir={run_dir}", *overrides]
+    print("$", " ".join(command), flush=True)
+    subprocess.run(command, cwd=PROJECT_ROOT, check=True)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    if not summary.get("registered_model"):
+        raise RuntimeError(f"the run in {run_dir} registered no model (logger.log_model=false?)")
+    return summary
+
+
+def files_containing(secret: str, roots: list[Path]) -> tuple[list[str], int]:
+    """Files under `roots` (files or folders) whose bytes contain `secret`, and how many were read."""
+    files = {p for root in roots if root.exists() for p in ([root] if root.is_file() else root.rglob("*"))}
+    files = sorted(p for p in files if p.is_file() and not p.is_symlink())
+    return [str(p) for p in files if secret.encode() in p.read_bytes()], len(files)
+
+
+def repo_files() -> list[Path]:
+    """Tracked and untracked (not ignored) files of the checkout; outside git, every file
+    but the virtual environment and the outputs folder."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split("\0")
+    except (OSError, subprocess.CalledProcessError):
+        skip = {".venv", ".git", "outputs"}
+        return [p for p in PROJECT_ROOT.rglob("*") if not skip & set(p.relative_to(PROJECT_ROOT).parts)]
+    return [PROJECT_ROOT / name for name in listed if name]
+
+
+def mlflow_run_files(tracking_uri: str, run_id: str | None) -> list[Path]:
+    """The MLflow store file (sqlite) and the run's artifact folder."""
+    from mlflow.tracking import MlflowClient
+
+    paths = [Path(tracking_uri.removeprefix("sqlite:///"))] if tracking_uri.startswith("sqlite:///") else []
+    if run_id:
+        artifacts = MlflowClient(tracking_uri).get_run(run_id).info.artifact_uri
+        if artifacts.startswith("file://"):
+            paths.append(Path(artifacts.removeprefix("file://")))
+    return paths
+
+
+def connection_config(port: int):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(FLOW_DIR / "conf"), version_base="1.3"):
+        return compose(
+            "connect", overrides=["target=local", f"target.port={port}", f"target.key_env={KEY_ENV}"]
+        )
+
+
+def run_e2e(question: str, train_overrides: list[str], out_dir: Path, model_uri: str | None = None) -> dict:
+    """Train, serve, connect and ask; returns the answer and the seconds each step took.
+    With `model_uri` (a registered model) the training step is skipped."""
+    from deploy.local import free_port, serve_in_background
+
+    isolate_promptflow_home(out_dir / "promptflow")
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+
+    if model_uri is None:
+        summary = train(out_dir / "train", train_overrides)
+        model_uri = "models:/{}/{}".format(*summary["registered_model"].split("/"))
+        tracking_uri = summary["tracking_uri"]
+        mlflow_files = mlflow_run_files(tracking_uri, summary["mlflow_run_id"])
+        seconds["train+register"] = time.perf_counter() - started
+    else:
+        tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT}/outputs/mlflow.db"
+        mlflow_files = mlflow_run_files(tracking_uri, None)
+
+    key = secrets.token_urlsafe(24)
+    port = free_port()
+    server_env = {"MLFLOW_TRACKING_URI": tracking_uri, KEY_ENV: key}
+    mark = time.perf_counter()
+    print(f"serving {model_uri} on 127.0.0.1:{port} ...", flush=True)
+    with serve_in_background(model_uri, port=port, env=server_env):
+        seconds["serve"] = time.perf_counter() - mark
+
+        mark = time.perf_counter()
+        from flow.connect import connect
+
+        saved = os.environ.get(KEY_ENV)
+        os.environ[KEY_ENV] = key  # read by connect, then dropped: it lives in the store only
+        try:
+            stored = connect(connection_config(port))
+        finally:
+            os.environ.pop(KEY_ENV)
+            if saved is not None:
+                os.environ[KEY_ENV] = saved
+        print(f"connection {stored.name!r} -> {dict(stored.configs)['endpoint']}", flush=True)
+        seconds["connect"] = time.perf_counter() - mark
+
+        mark = time.perf_counter()
+        from promptflow.client import PFClient
+
+        answer = PFClient().test(flow=FLOW_DIR / "chat", inputs={"question": question})["answer"]
+        seconds["chat flow"] = time.perf_counter() - mark
+    seconds["total"] = time.perf_counter() - started
+
+    # The key should be in promptflow's encrypted store only: check every file it could leak to.
+    roots = [*repo_files(), FLOW_DIR, out_dir, *mlflow_files]
+    leaks, scanned = files_containing(key, roots)
+    if leaks:
+        raise RuntimeError(f"the endpoint key was written to {leaks}")
+    return {
+        "question": question,
+        "answer": answer,
+        "model": model_uri,
+        "key_scan": f"found in none of {scanned} files (repo, run dir, promptflow home, MLflow store)",
+        "seconds": seconds,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--question", default=DEFAULT_QUESTION)
+    parser.add_argument(
+        "--train-override",
+        action="append",
+        default=None,
+        help=f"a `python -m train` override (repeatable); default: {' '.join(DEFAULT_TRAIN_OVERRIDES)}",
+    )
+    parser.add_argument(
+        "--model-uri", default=None, help="serve this registered model instead of training one"
+    )
+    parser.add_argument(
+        "--out-dir", type=Path, default=None, help="a new folder; default: outputs/e2e/<time>"
+    )
+    args = parser.parse_args(argv)
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+    out_dir = (args.out_dir or PROJECT_ROOT / "outputs" / "e2e" / stamp).resolve()
+    if out_dir.exists() and any(out_dir.iterdir()):
+        parser.error(f"--out-dir {out_dir} is not empty; pick a new folder (runs are never overwritten)")
+    overrides = list(DEFAULT_TRAIN_OVERRIDES if args.train_override is None else args.train_override)
+    result = run_e2e(args.question, overrides, out_dir, args.model_uri)
+    (out_dir / "e2e.json").write_text(json.dumps(result, indent=2))
+    print(
+        "\nEnd to end finished.",
+        f"  model       {result['model']} (served on 127.0.0.1, stopped)",
+        f"  question    {result['question']}",
+        f"  chat flow   {result['answer']}",
+        f"  key         {result['key_scan']}",
+        "  seconds     " + ", ".join(f"{step} {s:.1f}" for step, s in result["seconds"].items()),
+        f"  outputs     {out_dir}",
+        sep="\n",
+    )
+    return result
+
+
+if __name__ == "__main__":
+    main()
