@@ -70,27 +70,29 @@ def _fingerprint() -> str:
     return h.hexdigest()[:12]
 
 
-def build_tokenizer(corpus_file: Path = TRAIN_FILE):
-    """A byte-level BPE `PreTrainedTokenizerFast` trained on the sample conversations."""
+def _sample_texts():
+    with TRAIN_FILE.open(encoding="utf-8") as f:
+        for line in f:
+            for message in json.loads(line)["messages"]:
+                yield message["content"]
+
+
+def build_tokenizer(texts=None, vocab_size: int = MODEL_SHAPE["vocab_size"]):
+    """A byte-level BPE `PreTrainedTokenizerFast` with Phi-3.5's special tokens and chat template,
+    trained on `texts` (default: the sample conversations)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
-
-    def texts():
-        with corpus_file.open(encoding="utf-8") as f:
-            for line in f:
-                for message in json.loads(line)["messages"]:
-                    yield message["content"]
 
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=MODEL_SHAPE["vocab_size"],
+        vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    core.train_from_iterator(texts(), trainer=trainer)
+    core.train_from_iterator(texts if texts is not None else _sample_texts(), trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
         bos_token="<|endoftext|>",
