@@ -20,6 +20,10 @@ CONF_DIR = str(PROJECT_ROOT / "conf")
 
 register_configs()
 
+# Tests talk to servers on 127.0.0.1 only; never route that through a proxy a CI machine may set.
+for _var in ("NO_PROXY", "no_proxy"):
+    os.environ[_var] = ",".join(filter(None, [os.environ.get(_var), "127.0.0.1", "localhost"]))
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():

@@ -277,6 +277,11 @@ def make_train_schema() -> type:
     return TrainConfig
 
 
+def _bundled_eval_for(source: str) -> str | None:
+    assets = PROJECT_ROOT / "train" / "assets"
+    return str(assets / "sample_test.jsonl") if Path(source) == assets / "sample_train.jsonl" else None
+
+
 def register_configs() -> None:
     """Register the schema as `train_schema`, the first entry of train.yaml's defaults."""
     ConfigStore.instance().store(name="train_schema", node=make_train_schema())
@@ -288,6 +293,9 @@ def register_configs() -> None:
         "project_root": lambda: str(PROJECT_ROOT),
         # ${tiny_phi3:DIR}: the tiny offline model's directory, built on first use.
         "tiny_phi3": ensure_tiny_phi3,
+        # ${bundled_eval_for:SOURCE}: the bundled test set, but only for the bundled training set;
+        # with your own data.source it is null, so test_size of your rows are held out instead.
+        "bundled_eval_for": _bundled_eval_for,
         # ${launch_id:}: the run folder's name, shared by every rank of a launch.
         "launch_id": launch_id,
         # ${rank_suffix:}: "" on rank 0, ".rank1" etc. elsewhere (one log file per rank).

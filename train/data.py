@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from datasets import Dataset, DatasetDict, concatenate_datasets
 from omegaconf import DictConfig, ListConfig
@@ -26,6 +26,20 @@ log = logging.getLogger(__name__)
 # Bump when the prepared files' layout or content rules change: old cache entries then miss.
 PREPARE_VERSION = 1
 MANIFEST = "manifest.json"  # written last: a folder without it is incomplete
+MARKER = ".finetune-phi-prepared"  # written first: this folder holds a preparation and nothing else
+# Every file a preparation writes; only these are ever replaced in an earlier preparation's folder.
+OUTPUT_FILES = frozenset(
+    {
+        MARKER,
+        MANIFEST,
+        "stats.json",
+        "rejects.jsonl",
+        "train.jsonl",
+        "test.jsonl",
+        "train.tokens.parquet",
+        "test.tokens.parquet",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -44,9 +58,22 @@ def _single(value, key: str) -> str | None:
     return None if value is None else str(value)
 
 
+def _no_credentials(location: str | None, key: str) -> None:
+    # A SAS token or signed URL would be copied into MLflow params, tags, configs and job files.
+    query = urlsplit(location).query.lower() if location and "://" in location else ""
+    if any(part in query for part in ("sig=", "token", "key=", "secret")):
+        raise DataError(
+            f"{key}: this URL carries a credential in its query string, which would be logged with the "
+            "run. Register the data as an Azure ML data asset (azureml:NAME:VERSION) or use a datastore "
+            "URI (azureml://datastores/...), which authenticate with your Azure credential instead."
+        )
+
+
 def sources(data_cfg: DictConfig) -> tuple[Source, Source | None]:
     """The train source and the optional eval source of a `data` config."""
     location = _single(data_cfg.source, "data.source")
+    _no_credentials(location, "data.source")
+    _no_credentials(_single(data_cfg.eval_source, "data.eval_source"), "data.eval_source")
     train = Source(location, data_cfg.hub_config, data_cfg.split)
     eval_location = _single(data_cfg.eval_source, "data.eval_source")
     if eval_location:
@@ -93,7 +120,7 @@ def prepare_for(cfg: DictConfig, tokenizer=None) -> PreparedData:
     )
 
     manifest = out / MANIFEST
-    if manifest.is_file() and json.loads(manifest.read_text(encoding="utf-8")).get("key") == key:
+    if (out / MARKER).is_file() and manifest.is_file() and _manifest_key(manifest) == key:
         log.info("data %s: reusing %s (same content and settings)", data_cfg.name, out)
         return PreparedData(out, json.loads((out / "stats.json").read_text(encoding="utf-8")), True)
     _claim(out)
@@ -117,23 +144,33 @@ def prepare_for(cfg: DictConfig, tokenizer=None) -> PreparedData:
     return PreparedData(out, asdict(stats), False)
 
 
+def _manifest_key(manifest: Path) -> str | None:
+    try:
+        return json.loads(manifest.read_text(encoding="utf-8")).get("key")
+    except (ValueError, AttributeError):  # not ours, or cut off mid-write
+        return None
+
+
 def _claim(out: Path) -> None:
-    """Make `out` ready to write: new, empty, or an earlier preparation (never someone's other files)."""
+    """Make `out` ready to write: new, empty, or an earlier preparation, whose own files alone are
+    replaced. A folder holding anything else is refused, never cleared."""
     if not out.exists():
         out.mkdir(parents=True)
-        return
     if not out.is_dir():
         raise DataError(f"data.output_dir={out} is a file; give a directory")
-    entries = list(out.iterdir())
-    if entries and not (out / "stats.json").exists() and not (out / MANIFEST).exists():
+    entries = sorted(p.name for p in out.iterdir())
+    ours = (out / MARKER).is_file()
+    foreign = [name for name in entries if name not in OUTPUT_FILES]
+    if (entries and not ours) or foreign:
         raise DataError(
-            f"data.output_dir={out} holds other files ({entries[0].name}, ...); prepared data is only "
-            "written to a new or empty directory, or over an earlier preparation. Choose another directory."
+            f"data.output_dir={out} holds other files ({(foreign or entries)[0]}, ...); prepared data is "
+            "only written to a new or empty directory, or over an earlier preparation. Choose another directory."
         )
     (out / MANIFEST).unlink(missing_ok=True)  # incomplete until rewritten at the end
-    for entry in entries:
-        if entry.name != MANIFEST:
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    for name in entries:
+        if name != MARKER:
+            (out / name).unlink(missing_ok=True)
+    (out / MARKER).write_text("prepared by finetune-phi (train.prepare); safe to delete\n", encoding="utf-8")
 
 
 def _read_messages(path: Path) -> list:

@@ -44,7 +44,10 @@ def test_prepare_command_names_the_bad_row_and_writes_nothing_trainable(tmp_path
     src.write_text(good + "\n" + '{"messages": [{"role": "robot", "content": "beep"}]}\n', encoding="utf-8")
     out = tmp_path / "prepared"
     result = run_module(
-        "train.prepare", f"data.source={src}", "data.eval_source=null", f"data.output_dir={out}"
+        "train.prepare",
+        f"data.source={src}",
+        f"data.output_dir={out}",
+        f"paths.output_root={tmp_path}/outputs",
     )
     assert result.returncode != 0
     assert f"{src} line 2: messages[0]: unknown role 'robot'" in result.stderr

@@ -217,13 +217,43 @@ def test_explicit_output_dir_is_rewritten_but_never_over_other_files(compose_tra
     write_jsonl(src, [chat(f"q{i}") for i in range(12)])
     assert prepare_for(cfg, tokenizer).stats["rows_read"] == 12  # an earlier preparation: replaced
 
-    other = tmp_path / "notes"
-    other.mkdir()
-    (other / "thesis.txt").write_text("precious")
-    cfg_other, _ = local(compose_train, tmp_path, src, f"data.output_dir={other}")
-    with pytest.raises(DataError, match="holds other files"):
-        prepare_for(cfg_other, tokenizer)
-    assert (other / "thesis.txt").read_text() == "precious"
+    for name, files in {
+        "notes": ["thesis.txt"],
+        "project": ["manifest.json", "stats.json", "src/a.py"],
+    }.items():
+        other = tmp_path / name  # the second has files named like ours, but is not a preparation
+        for file in files:
+            (other / file).parent.mkdir(parents=True, exist_ok=True)
+            (other / file).write_text("precious")
+        cfg_other, _ = local(compose_train, tmp_path, src, f"data.output_dir={other}")
+        with pytest.raises(DataError, match="holds other files"):
+            prepare_for(cfg_other, tokenizer)
+        assert all((other / file).read_text() == "precious" for file in files)
+
+    (out / "notes.txt").write_text("mine")  # a file added to a preparation's folder is kept too
+    write_jsonl(src, [chat(f"q{i}") for i in range(13)])  # changed data: the folder would be rewritten
+    with pytest.raises(DataError, match=r"holds other files \(notes.txt"):
+        prepare_for(cfg, tokenizer)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_own_source_holds_out_its_rows_instead_of_the_bundled_test_set(compose_train, tmp_path):
+    src = write_jsonl(tmp_path / "chats.jsonl", [chat(f"q{i}") for i in range(20)])
+    cfg = compose_train(f"data.source={src}", f"paths.cache_dir={tmp_path}/cache", tmp=tmp_path)
+    assert cfg.data.eval_source is None  # data=sample's test set goes with its own training set only
+    prepared = prepare_for(cfg, model.load_tokenizer(cfg.model))
+    assert (prepared.stats["train"], prepared.stats["test"]) == (16, 4)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://acct.blob.core.windows.net/c/chats.jsonl?sv=2024&sig=SECRET", "https://h/d.jsonl?token=SECRET"],
+)
+def test_a_url_with_a_credential_is_refused_before_it_is_logged(compose_train, tmp_path, url):
+    cfg, tokenizer = local(compose_train, tmp_path, f"'{url}'")
+    with pytest.raises(DataError, match="credential in its query string") as err:
+        prepare_for(cfg, tokenizer)
+    assert "SECRET" not in str(err.value)
 
 
 # -- hub datasets, offline: a folder in the hub's layout goes through the same load_dataset call ------

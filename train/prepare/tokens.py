@@ -4,8 +4,8 @@ SFTTrainer renders and tokenizes one conversation at a time inside `Dataset.map`
 batches go through `apply_chat_template` and the fast (Rust) tokenizer at once, and the result
 is what TRL would have built: the same template (with `assistant_only_loss`, TRL's training
 variant of the model's template, which adds `{% generation %}` markers), the same input ids, and
-labels that are -100 where TRL masks the loss. `tests/train/test_prepare_tokens.py` checks the
-equality against SFTTrainer's own preparation. The ids and labels are written next to the
+labels that are -100 where TRL masks the loss. `tests/train/test_data.py` checks the equality
+against SFTTrainer's own preparation. The ids and labels are written next to the
 prepared JSON lines (see `train.prepare.pipeline`), so training does not tokenize again, and the
 preview shows exactly the tokens the trainer receives.
 """
