@@ -12,12 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from datasets import Dataset, DatasetDict, concatenate_datasets
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig
 
 from train.prepare import ChatTokenizer, DataError, Source, prepare
 
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 PREPARE_VERSION = 1
 MANIFEST = "manifest.json"  # written last: a folder without it is incomplete
 MARKER = ".finetune-phi-prepared"  # written first: this folder holds a preparation and nothing else
+MARKER_TEXT = "prepared by finetune-phi (train.prepare); safe to delete\n"
 # Every file a preparation writes; only these are ever replaced in an earlier preparation's folder.
 OUTPUT_FILES = frozenset(
     {
@@ -51,13 +53,6 @@ class PreparedData:
     reused: bool  # True when an earlier identical preparation was used as is
 
 
-def _single(value, key: str) -> str | None:
-    # The schema types these keys as strings; this guards configs built outside Hydra.
-    if isinstance(value, (list, tuple, ListConfig)):
-        raise DataError(f"{key}: give one file, one directory or one dataset id, not {len(value)} paths")
-    return None if value is None else str(value)
-
-
 def _no_credentials(location: str | None, key: str) -> None:
     # A SAS token or signed URL would be copied into MLflow params, tags, configs and job files.
     query = urlsplit(location).query.lower() if location and "://" in location else ""
@@ -71,11 +66,11 @@ def _no_credentials(location: str | None, key: str) -> None:
 
 def sources(data_cfg: DictConfig) -> tuple[Source, Source | None]:
     """The train source and the optional eval source of a `data` config."""
-    location = _single(data_cfg.source, "data.source")
+    # The schema types both keys as single strings: a list of paths fails when Hydra composes.
+    location, eval_location = data_cfg.source, data_cfg.eval_source
     _no_credentials(location, "data.source")
-    _no_credentials(_single(data_cfg.eval_source, "data.eval_source"), "data.eval_source")
+    _no_credentials(eval_location, "data.eval_source")
     train = Source(location, data_cfg.hub_config, data_cfg.split)
-    eval_location = _single(data_cfg.eval_source, "data.eval_source")
     if eval_location:
         return train, Source(eval_location, data_cfg.hub_config, data_cfg.eval_split)
     if data_cfg.eval_split:
@@ -123,7 +118,12 @@ def prepare_for(cfg: DictConfig, tokenizer=None) -> PreparedData:
     if (out / MARKER).is_file() and manifest.is_file() and _manifest_key(manifest) == key:
         log.info("data %s: reusing %s (same content and settings)", data_cfg.name, out)
         return PreparedData(out, json.loads((out / "stats.json").read_text(encoding="utf-8")), True)
-    _claim(out)
+    if data_cfg.output_dir:
+        _claim(out)
+    else:  # a cache folder is this project's alone: an older or broken entry is simply replaced
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        (out / MARKER).write_text(MARKER_TEXT, encoding="utf-8")
     stats = prepare(
         opened_train,
         out,
@@ -152,8 +152,8 @@ def _manifest_key(manifest: Path) -> str | None:
 
 
 def _claim(out: Path) -> None:
-    """Make `out` ready to write: new, empty, or an earlier preparation, whose own files alone are
-    replaced. A folder holding anything else is refused, never cleared."""
+    """Make the user's `data.output_dir` ready to write: new, empty, or an earlier preparation, whose
+    own files alone are replaced. A folder holding anything else is refused, never cleared."""
     if not out.exists():
         out.mkdir(parents=True)
     if not out.is_dir():
@@ -170,7 +170,7 @@ def _claim(out: Path) -> None:
     for name in entries:
         if name != MARKER:
             (out / name).unlink(missing_ok=True)
-    (out / MARKER).write_text("prepared by finetune-phi (train.prepare); safe to delete\n", encoding="utf-8")
+    (out / MARKER).write_text(MARKER_TEXT, encoding="utf-8")
 
 
 def _read_messages(path: Path) -> list:

@@ -200,6 +200,9 @@ def test_cache_reuses_identical_preparations_and_misses_on_any_change(compose_tr
     first = prepare_for(cfg, tokenizer)
     again = prepare_for(cfg, tokenizer)
     assert (first.reused, again.reused, again.dir) == (False, True, first.dir)
+    (first.dir / ".finetune-phi-prepared").unlink()  # as an older version left its cache entries
+    redone = prepare_for(cfg, tokenizer)
+    assert (redone.reused, redone.dir) == (False, first.dir)  # the cache is ours: replaced, not refused
 
     write_jsonl(src, [chat(f"q{i}") for i in range(11)])  # the source changed
     changed = prepare_for(cfg, tokenizer)

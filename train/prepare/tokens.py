@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from train.prepare.formats import Messages
@@ -38,7 +39,7 @@ class ChatTokenizer:
     assistant_only_loss: bool = True
     add_empty_system_turn: bool = True
 
-    @property
+    @cached_property  # TRL looks the template up by matching it; once per tokenizer is enough
     def chat_template(self) -> str | None:
         """The template TRL trains with: its training variant when masking needs one, else the model's."""
         from trl.chat_template_utils import get_training_chat_template, has_generation_markers
