@@ -28,6 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
+
 from bench.report import markdown_table, write_results
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -35,12 +37,8 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default method), q in [0, 100]."""
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+    """Linear-interpolated percentile, q in [0, 100]."""
+    return float(np.percentile(values, q))
 
 
 def chat_payload(prompt: str, max_tokens: int) -> dict:

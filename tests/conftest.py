@@ -75,8 +75,8 @@ def compose_train():
 
 
 def register_tiny_model(root: Path, name: str) -> str:
-    """The untrained tiny model logged and registered as the recipe does it, in a sqlite store
-    under `root` (for tests of what uses a registered model: serving, flows, benchmarks).
+    """The untrained tiny model logged and registered through the recipe's `log_chat_model`, in a
+    sqlite store under `root` (for tests of what uses a registered model: serving, flows, benchmarks).
     Returns the tracking URI; the model is `models:/<name>/1`."""
     import mlflow
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -70,10 +70,13 @@ def complete_checkpoints(checkpoints_dir: Path) -> list[Path]:
     found = sorted(
         (p for p in checkpoints_dir.iterdir() if checkpoint_step(p) is not None), key=checkpoint_step
     )
+    complete = []
     for path in found:
-        if not is_complete(path):
+        if is_complete(path):
+            complete.append(path)
+        else:
             log.warning("ignoring %s: incomplete (no valid %s; cut off while saving?)", path, STATE_FILE)
-    return [p for p in found if is_complete(p)]
+    return complete
 
 
 def find_resume_checkpoint(resume: str, checkpoints_dir: Path) -> Path | None:

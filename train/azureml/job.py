@@ -35,7 +35,6 @@ JOB_RUN_ID = "azureml"  # the run folder's name inside that output: fixed, so a 
 LOCAL_ONLY_KEYS = ("target", "paths", "hydra", "run_id", "resume", "estimate")
 REMOTE_PREFIXES = ("azureml:", "azureml://", "https://", "http://", "wasbs://", "abfss://", "adl://")
 JOB_IDENTITIES = ("user", "managed")
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 
 class JobConfigError(ValueError):
@@ -73,7 +72,9 @@ def task_overrides() -> list[str]:
 
 
 def _uri_input(location: str) -> Input:
-    kind = "uri_file" if location.rstrip("/").lower().endswith(DATA_SUFFIXES) else "uri_folder"
+    from train.prepare.sources import SUFFIXES  # the data files train.prepare reads
+
+    kind = "uri_file" if location.rstrip("/").lower().endswith(SUFFIXES) else "uri_folder"
     return Input(type=kind, path=location)
 
 
