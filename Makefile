@@ -25,7 +25,7 @@ demo: setup ## fine-tune the tiny offline model on the bundled data and register
 	$(PY) -m train
 
 e2e: setup ## train + register the tiny model, serve it locally, ask the chat flow a question, stop
-	$(PY) -m flow.e2e
+	$(PY) -m e2e
 
 test: setup ## run every test that can run here (GPU tests are skipped without CUDA)
 	$(PY) -m pytest

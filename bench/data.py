@@ -136,7 +136,8 @@ def cached_prepare(path: Path, tokenizer, scratch: Path) -> float:
     """Seconds for a repeated `prepare_for` of unchanged data (a cache hit), through the real config."""
     from hydra import compose, initialize_config_dir
 
-    from train.config import PROJECT_ROOT, register_configs
+    from common.paths import PROJECT_ROOT
+    from train.config import register_configs
     from train.data import prepare_for
 
     register_configs()
@@ -167,13 +168,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tokenizer", choices=("phi3-like", "tiny"), default="phi3-like")
     args = parser.parse_args(argv)
 
+    from common.paths import cache_dir
     from train.model import load_tokenizer
-    from train.tiny_model import default_cache_dir, ensure_tiny_phi3
+    from train.tiny_model import ensure_tiny_phi3
 
     paragraphs = prose_paragraphs()
     train_text, conversation_text = paragraphs[::2], paragraphs[1::2]  # held out from the tokenizer
     if args.tokenizer == "phi3-like":
-        tokenizer = phi3_like_tokenizer(default_cache_dir(), train_text)
+        tokenizer = phi3_like_tokenizer(cache_dir(), train_text)
         tokenizer.pad_token = "<|pad|>"
     else:
         tokenizer = load_tokenizer(

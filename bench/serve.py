@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import statistics
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,36 +28,28 @@ from urllib.parse import urlparse
 import numpy as np
 
 from bench.report import markdown_table, write_results
+from common.endpoint_client import EndpointError, EndpointSettings, post_json
+from common.payloads import GenerationParams, Shape, build_payload
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated percentile, q in [0, 100]."""
-    return float(np.percentile(values, q))
-
-
 def chat_payload(prompt: str, max_tokens: int) -> dict:
     # temperature 0: greedy, so every request does the same work.
-    return {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0}
+    params = GenerationParams(max_new_tokens=max_tokens, temperature=0.0)
+    return build_payload(Shape.openai, [{"role": "user", "content": prompt}], params)
 
 
 def post_score(url: str, payload: dict, key: str | None, timeout: float) -> dict:
     """One request: latency, completion tokens, and the error if it was not a 200."""
-    headers = {"Content-Type": "application/json"}
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    request = urllib.request.Request(f"{url}/score", json.dumps(payload).encode(), headers, method="POST")
+    settings = EndpointSettings(f"{url}/score", key=key or "", timeout_s=timeout, max_retries=0)
     started = time.perf_counter()
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            body = json.loads(response.read())
-        latency = time.perf_counter() - started
-    except urllib.error.HTTPError as e:
-        return {"error": f"HTTP {e.code}: {e.read()[:300].decode(errors='replace')}"}
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+        body = post_json(settings, payload)
+    except EndpointError as e:
         return {"error": f"{type(e).__name__}: {e}"}
+    latency = time.perf_counter() - started
     usage = body.get("usage") if isinstance(body, dict) else None
     if not usage or "completion_tokens" not in usage:
         return {"error": f"no usage.completion_tokens in the answer: {str(body)[:200]}"}
@@ -85,8 +74,8 @@ def run_level(
         latencies = [a["latency_s"] for a in ok]
         tokens = sum(a["completion_tokens"] for a in ok)
         row.update(
-            latency_p50_s=percentile(latencies, 50),
-            latency_p95_s=percentile(latencies, 95),
+            latency_p50_s=float(np.percentile(latencies, 50)),
+            latency_p95_s=float(np.percentile(latencies, 95)),
             latency_mean_s=statistics.fmean(latencies),
             completion_tokens_mean=tokens / len(ok),
             tokens_per_s=tokens / wall,  # aggregate over all clients

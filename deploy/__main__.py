@@ -6,22 +6,23 @@ python -m deploy target=azureml action=status
 python -m deploy action=chat model.version=2
 """
 
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from common.azure_workspace import EndpointCredentialsError, WorkspaceSettingsError
+from common.paths import PROJECT_ROOT
 from deploy.actions import run
 from deploy.azureml import DeployError
+from deploy.config import register_configs
 from deploy.parity import ParityError
 from deploy.registry import ModelNotFound
-from train.azureml.workspace import WorkspaceSettingsError
 
 # Errors that mean "the request or the setup is wrong", not a bug: a message, no traceback.
-USER_ERRORS = (DeployError, ParityError, ModelNotFound, WorkspaceSettingsError)
+USER_ERRORS = (DeployError, ParityError, ModelNotFound, WorkspaceSettingsError, EndpointCredentialsError)
 
+register_configs()
 if not OmegaConf.has_resolver("project_root"):
-    OmegaConf.register_new_resolver("project_root", lambda: str(Path(__file__).resolve().parents[1]))
+    OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
 
 
 @hydra.main(version_base="1.3", config_path="../conf/deploy", config_name="deploy")

@@ -10,12 +10,11 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from common.azure_workspace import WorkspaceSettings, endpoint_credentials, ml_client
 from deploy import chat, registry
+from deploy.config import Action
 
 log = logging.getLogger(__name__)
-
-ACTIONS = ("deploy", "status", "teardown", "chat")
-TARGETS = ("local", "azureml")
 
 
 def find_model(cfg, for_azureml: bool) -> registry.ModelRef:
@@ -59,14 +58,12 @@ def _run_id(ref: registry.ModelRef) -> str | None:
 
 
 def azure_client(cfg, credential=None):
-    from train.azureml.workspace import WorkspaceSettings, ml_client
-
     return ml_client(WorkspaceSettings.from_config(cfg.target.workspace), credential=credential)
 
 
 def deploy_azureml(cfg, client, ref: registry.ModelRef) -> dict:
+    from common.azure_environment import ensure_environment
     from deploy import azureml, environment
-    from train.azureml.environment import ensure_environment
 
     if cfg.target.preflight.roles:
         for line in azureml.preflight_roles(client, cfg.target.endpoint):
@@ -86,18 +83,12 @@ def deploy_azureml(cfg, client, ref: registry.ModelRef) -> dict:
 
 def run(cfg, client=None) -> object:
     """Dispatch `cfg.action` for `cfg.target.name`; `client` injects an MLClient (tests)."""
-    if cfg.action not in ACTIONS:
-        raise SystemExit(f"action={cfg.action!r}: expected one of {', '.join(ACTIONS)}")
-    target = cfg.target.name
-    if target not in TARGETS:
-        raise SystemExit(f"target={target!r}: expected one of {', '.join(TARGETS)}")
-
-    if cfg.action == "chat":
+    if cfg.action is Action.chat:
         return run_chat(cfg, client)
-    if target == "local":
-        if cfg.action != "deploy":
+    if cfg.target.name == "local":
+        if cfg.action is not Action.deploy:
             raise SystemExit(
-                f"action={cfg.action} needs target=azureml (the local server lives only while it runs)"
+                f"action={cfg.action.name} needs target=azureml (the local server lives only while it runs)"
             )
         from deploy import local
         from deploy.scoring.score import Scorer
@@ -107,16 +98,16 @@ def run(cfg, client=None) -> object:
 
     from deploy import azureml
 
-    if cfg.action == "teardown" and not cfg.target.teardown.deployment:
+    if cfg.action is Action.teardown and not cfg.target.teardown.deployment:
         azureml.check_teardown_confirmed(
             cfg.target.endpoint.name, cfg.target.teardown.confirm
         )  # before any client
     client = client or azure_client(cfg)
-    if cfg.action == "status":
+    if cfg.action is Action.status:
         rows = azureml.status(client)
         print(azureml.format_status(rows))
         return rows
-    if cfg.action == "teardown":
+    if cfg.action is Action.teardown:
         message = azureml.teardown(
             client, cfg.target.endpoint.name, cfg.target.teardown.confirm, cfg.target.teardown.deployment
         )
@@ -129,26 +120,20 @@ def run(cfg, client=None) -> object:
 
 
 def run_chat(cfg, client=None):
-    params = {
-        "system": cfg.chat.system,
-        "max_tokens": cfg.chat.max_tokens,
-        "temperature": cfg.chat.temperature,
-    }
+    params = chat.GenerationParams(max_new_tokens=cfg.chat.max_tokens, temperature=cfg.chat.temperature)
     if cfg.chat.url:
         url = cfg.chat.url.rstrip("/")
         url = url if url.endswith("/score") else f"{url}/score"
-        predict = chat.http_predict(url, os.environ.get(cfg.key_env))
+        answer = chat.endpoint_answer(url, os.environ.get(cfg.key_env), params)
     elif cfg.target.name == "azureml":
-        from deploy import azureml
-
-        scoring_uri, key = azureml.endpoint_credentials(client or azure_client(cfg), cfg.target.endpoint.name)
-        predict = chat.http_predict(scoring_uri, key)
-        url = scoring_uri
+        credentials = endpoint_credentials(client or azure_client(cfg), cfg.target.endpoint.name)
+        url = credentials.scoring_uri
+        answer = chat.endpoint_answer(url, credentials.key, params)
     else:
         from deploy.scoring.score import Scorer
 
         ref = find_model(cfg, for_azureml=False)
         url = ref.uri
-        predict = chat.scorer_predict(Scorer(load_checked_model(cfg, ref)))
+        answer = chat.scorer_answer(Scorer(load_checked_model(cfg, ref)), params)
     print("chatting with", url, "(/reset to start over, /exit or Ctrl-D to leave)")
-    return chat.chat_loop(predict, chat.stdin_lines(), **params)
+    return chat.chat_loop(answer, chat.stdin_lines(), system=cfg.chat.system)

@@ -9,13 +9,15 @@
 A failure in 3 or 4 leaves traffic where it was; the new deployment is kept for its logs
 or deleted (`on_failure`), never the live one. `teardown()` deletes only on confirmation.
 
-The scoring code is deploy/scoring/score.py, the same module the local server runs.
+The scoring code is deploy/scoring/score.py, the same module the local server runs, uploaded
+with the `common` modules it imports (`scoring_code_dir`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,11 +36,17 @@ from azure.ai.ml.entities import (
 from azure.core.exceptions import ResourceNotFoundError
 from omegaconf import OmegaConf
 
+from common.paths import PROJECT_ROOT
+from common.payloads import Shape, parse_answer
+from deploy.config import IdentityType, OnFailure
 from deploy.registry import ModelRef
 
 log = logging.getLogger(__name__)
 
-SCORING_DIR = Path(__file__).resolve().parent / "scoring"
+COMMON_DIR = PROJECT_ROOT / "common"
+SCORING_SCRIPT = Path(__file__).resolve().parent / "scoring" / "score.py"
+# What score.py imports besides installed packages: the neutral payload contract and generation.
+SCORING_COMMON_MODULES = ("__init__.py", "payloads.py", "generation.py")
 
 
 class DeployError(RuntimeError):
@@ -49,7 +57,7 @@ class DeployError(RuntimeError):
 
 
 def endpoint_entity(endpoint_cfg) -> ManagedOnlineEndpoint:
-    if endpoint_cfg.identity_type == "user_assigned":
+    if endpoint_cfg.identity_type is IdentityType.user_assigned:
         if not endpoint_cfg.user_assigned_identity_id:
             raise DeployError(
                 "target.endpoint.identity_type=user_assigned needs the identity's ARM resource id: set "
@@ -63,16 +71,12 @@ def endpoint_entity(endpoint_cfg) -> ManagedOnlineEndpoint:
                 ManagedIdentityConfiguration(resource_id=endpoint_cfg.user_assigned_identity_id)
             ],
         )
-    elif endpoint_cfg.identity_type == "system_assigned":
-        identity = IdentityConfiguration(type="system_assigned")
     else:
-        raise DeployError(
-            f"target.endpoint.identity_type={endpoint_cfg.identity_type!r}: use user_assigned or system_assigned"
-        )
+        identity = IdentityConfiguration(type="system_assigned")
     return ManagedOnlineEndpoint(
         name=endpoint_cfg.name,
         description=endpoint_cfg.description,
-        auth_mode=endpoint_cfg.auth_mode,
+        auth_mode=endpoint_cfg.auth_mode.value,
         identity=identity,
     )
 
@@ -81,8 +85,17 @@ def _probe(probe_cfg) -> ProbeSettings:
     return ProbeSettings(**dict(probe_cfg))
 
 
+def scoring_code_dir(out_dir: Path) -> Path:
+    """The deployment's code snapshot: score.py with the `common` package it imports beside it."""
+    (out_dir / "common").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(SCORING_SCRIPT, out_dir / "score.py")
+    for name in SCORING_COMMON_MODULES:
+        shutil.copyfile(COMMON_DIR / name, out_dir / "common" / name)
+    return out_dir
+
+
 def deployment_entity(
-    deployment_cfg, endpoint_name: str, name: str, model, environment
+    deployment_cfg, endpoint_name: str, name: str, model, environment, code_dir: Path
 ) -> ManagedOnlineDeployment:
     """The deployment: our scoring script and environment around the registered MLflow model."""
     return ManagedOnlineDeployment(
@@ -90,7 +103,7 @@ def deployment_entity(
         endpoint_name=endpoint_name,
         model=model,
         environment=environment,
-        code_configuration=CodeConfiguration(code=str(SCORING_DIR), scoring_script="score.py"),
+        code_configuration=CodeConfiguration(code=str(code_dir), scoring_script="score.py"),
         instance_type=deployment_cfg.instance_type,
         instance_count=deployment_cfg.instance_count,
         request_settings=OnlineRequestSettings(
@@ -131,28 +144,6 @@ def register_model(client, ref: ModelRef, name: str, tracking_uri: str):
         ref.uri, dst_path=tempfile.mkdtemp(prefix="finetune-phi-model-")
     )
     return client.models.create_or_update(model_entity(ref, name, local_path=local))
-
-
-def entity_yaml(entity) -> str:
-    """The entity as the YAML `az ml ... create -f` and `load_online_*` read.
-
-    (azure-ai-ml 1.35's ManagedOnlineEndpoint.dump(dest) ignores `dest` and only returns a
-    dict, with nulls its own loader rejects, while Deployment.dump needs `dest`; so the YAML
-    is written from the same dict for both, nulls dropped.)
-    """
-    import yaml
-
-    def without_nulls(value):
-        # The dump writes unset identity ids as null, which load_online_endpoint rejects.
-        if isinstance(value, dict):
-            return {k: without_nulls(v) for k, v in value.items() if v is not None}
-        if isinstance(value, list):
-            return [without_nulls(v) for v in value]
-        return value
-
-    # `_to_dict` is what `dump` serialises, for endpoints and deployments alike.
-    plain = json.loads(json.dumps(entity._to_dict()))  # OrderedDicts -> dicts for safe_dump
-    return yaml.safe_dump(without_nulls(plain), sort_keys=False)
 
 
 # ---------------------------------------------------------------- blue/green planning
@@ -201,9 +192,8 @@ def smoke_test(client, endpoint_name: str, deployment_name: str, payload: Mappin
                 f"smoke test request to {deployment_name} failed: {type(e).__name__}: {e}"
             ) from e
     try:
-        response = json.loads(raw)
-        return response["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError) as e:
+        return parse_answer(Shape.openai, json.loads(raw))
+    except ValueError as e:  # not JSON, or not a chat completion
         raise DeployError(
             f"smoke test of {deployment_name}: not a chat completion: {str(raw)[:300]!r}"
         ) from e
@@ -232,14 +222,15 @@ def deploy(cfg, client, ref: ModelRef, environment, tracking_uri: str) -> dict:
     new_name = pick_new_deployment(list(target.deployment.names), before)
     log.info("traffic now %s; deploying %s beside it", before or "{}", new_name)
 
-    deployment = deployment_entity(target.deployment, endpoint_name, new_name, model, environment)
+    code_dir = scoring_code_dir(Path(tempfile.mkdtemp(prefix="finetune-phi-scoring-")))
+    deployment = deployment_entity(target.deployment, endpoint_name, new_name, model, environment, code_dir)
     try:
         client.online_deployments.begin_create_or_update(deployment).result()
         payload = OmegaConf.to_container(target.smoke_test.payload, resolve=True)
         answer = smoke_test(client, endpoint_name, new_name, payload)
     except Exception as e:
         state = f"traffic left as it was ({before or 'none'})"
-        if target.on_failure == "delete":
+        if target.on_failure is OnFailure.delete:
             try:
                 client.online_deployments.begin_delete(name=new_name, endpoint_name=endpoint_name).result()
                 state += f"; the failed deployment {new_name} was deleted"
@@ -332,12 +323,6 @@ def teardown(client, endpoint_name: str, confirm: str | None, deployment: str | 
     return f"deleted endpoint {endpoint_name}"
 
 
-def endpoint_credentials(client, endpoint_name: str) -> tuple[str, str]:
-    """(scoring URI, primary key), fetched at use time; neither is stored or printed here."""
-    endpoint = client.online_endpoints.get(endpoint_name)
-    return endpoint.scoring_uri, client.online_endpoints.get_keys(endpoint_name).primary_key
-
-
 # ---------------------------------------------------------------- identity roles preflight
 
 # Role definition ids (the same in every tenant) the seeds grant the endpoint's identity.
@@ -398,7 +383,7 @@ def preflight_roles(client, endpoint_cfg, arm_get=None) -> list[str]:
     Raises DeployError listing the `az role assignment create` commands for what is
     missing; returns notes when all is granted or the check could not run.
     """
-    if endpoint_cfg.identity_type != "user_assigned":
+    if endpoint_cfg.identity_type is not IdentityType.user_assigned:
         return [
             "system-assigned identity: Azure creates it with the endpoint; grant its roles after the first deploy"
         ]

@@ -1,23 +1,22 @@
-"""A small terminal chat with a registered chat model, for quick checks."""
+"""A small terminal chat with a registered chat model, for quick checks.
+
+The conversation goes through the same code as every other client: a running endpoint
+through `common.endpoint_client`, or the model in this process through the scoring code with
+an OpenAI-shaped payload (`common.payloads`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from common.endpoint_client import EndpointSettings, ask
+from common.payloads import GenerationParams, Shape, build_payload, parse_answer
 
-def reply_text(response) -> str:
-    """The assistant text of an OpenAI-style chat completion (MLflow's llm/v1/chat output)."""
-    response = response[0] if isinstance(response, list) else response
-    return response["choices"][0]["message"]["content"]
+Answer = Callable[[list[dict]], str]  # the conversation so far -> the assistant's reply
 
 
 def chat_loop(
-    predict: Callable[[dict], object],
-    lines: Iterable[str],
-    write: Callable[[str], None] = print,
-    system: str | None = None,
-    max_tokens: int = 128,
-    temperature: float = 0.0,
+    answer: Answer, lines: Iterable[str], write: Callable[[str], None] = print, system: str | None = None
 ) -> list[dict]:
     """Send each input line with the conversation so far; `/reset` starts over.
 
@@ -36,10 +35,8 @@ def chat_loop(
             write("(conversation reset)")
             continue
         messages.append({"role": "user", "content": line})
-        params = {"max_tokens": max_tokens, "temperature": temperature}
-        answer = reply_text(predict({"messages": messages, **params}))
-        messages.append({"role": "assistant", "content": answer})
-        write(f"assistant> {answer}")
+        messages.append({"role": "assistant", "content": answer(list(messages))})
+        write(f"assistant> {messages[-1]['content']}")
     return messages
 
 
@@ -52,34 +49,19 @@ def stdin_lines(prompt: str = "you> "):
             return
 
 
-def http_predict(scoring_url: str, key: str | None = None, timeout: float = 300) -> Callable[[dict], object]:
-    """`predict` for chat_loop that POSTs OpenAI-style payloads to a scoring URL
-    (a local server's /score or an Azure endpoint's scoring URI)."""
-    import json
-    import urllib.error
-    import urllib.request
-
-    def predict(payload: dict):
-        headers = {"Content-Type": "application/json"}
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        request = urllib.request.Request(scoring_url, json.dumps(payload).encode(), headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as e:
-            raise RuntimeError(f"{scoring_url} answered {e.code}: {e.read().decode(errors='replace')}") from e
-
-    return predict
+def endpoint_answer(scoring_url: str, key: str | None, params: GenerationParams) -> Answer:
+    """Replies from a running endpoint (a local server's /score or an Azure scoring URI)."""
+    settings = EndpointSettings(scoring_url, key=key or "", payload=Shape.openai, timeout_s=300)
+    return lambda messages: ask(settings, messages, params)
 
 
-def scorer_predict(scorer) -> Callable[[dict], object]:
-    """`predict` for chat_loop over an in-process Scorer (the local server's code, no HTTP)."""
+def scorer_answer(scorer, params: GenerationParams) -> Answer:
+    """Replies from an in-process Scorer (the local server's code, no HTTP)."""
 
-    def predict(payload: dict):
-        status, body = scorer.handle(payload)
+    def answer(messages: list[dict]) -> str:
+        status, body = scorer.handle(build_payload(Shape.openai, messages, params))
         if status != 200:
             raise RuntimeError(body["error"])
-        return body
+        return parse_answer(Shape.openai, body)
 
-    return predict
+    return answer

@@ -14,11 +14,11 @@ image only: it pins pydantic < 2.13, so it cannot join the project's own stack.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from common.paths import PROJECT_ROOT
+
 CONSTRAINTS = PROJECT_ROOT / "constraints.txt"
 DOCKERFILE = PROJECT_ROOT / "docker" / "serve.Dockerfile"
 REQUIREMENTS = PROJECT_ROOT / "docker" / "serve.requirements.txt"
@@ -66,20 +66,15 @@ def write_build_context(out_dir: Path) -> Path:
 
 
 def environment_entity(env_cfg, context_dir: Path):
-    """The serving Environment: a build of the context (versioned by its hash) or an image."""
-    from azure.ai.ml.entities import BuildContext, Environment
+    """The serving Environment: a build of the context (versioned by its content) or an image."""
+    from common.azure_environment import versioned_environment
 
-    if env_cfg.image:
-        version = hashlib.sha256(env_cfg.image.encode()).hexdigest()[:16]
-        return Environment(name=env_cfg.name, version=version, image=env_cfg.image)
-    h = hashlib.sha256()
-    for name in ("Dockerfile", "serve.requirements.txt"):
-        h.update(name.encode() + b"\0" + (context_dir / name).read_bytes())
-    return Environment(
-        name=env_cfg.name,
-        version=h.hexdigest()[:16],
-        build=BuildContext(path=str(context_dir), dockerfile_path="Dockerfile"),
-        description="finetune-phi serving stack (docker/serve.Dockerfile)",
+    return versioned_environment(
+        env_cfg.name,
+        "finetune-phi serving stack (docker/serve.Dockerfile)",
+        image=env_cfg.image,
+        context_dir=context_dir,
+        files=("serve.requirements.txt",),
     )
 
 

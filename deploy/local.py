@@ -3,9 +3,7 @@
     python -m deploy target=local port=8000          # foreground, until Ctrl-C
 
 Routes: `POST /score` (the scoring script's `Scorer.handle`, the same code the Azure
-deployment runs), `GET /` and `GET /health` (200 {"status": "ok"} once the model is loaded),
-and `POST /render` (the prompt token ids and generate() arguments a payload would produce,
-for the parity check).
+deployment runs), `GET /` and `GET /health` (200 {"status": "ok"} once the model is loaded).
 
 Why FastAPI/uvicorn rather than azureml-inference-server-http (the server Azure runs
 score.py in): the latter pins pydantic < 2.13 and cannot join this project's pinned stack
@@ -14,7 +12,7 @@ pinned; it calls the very same `score.py`, so payload handling, rendering, gener
 error messages are shared; only HTTP plumbing and the bearer-key check live here.
 
 Auth: when the environment variable named by `key_env` (default FINETUNE_PHI_ENDPOINT_KEY)
-is set, /score and /render need `Authorization: Bearer <key>`, as Azure managed endpoints
+is set, /score needs `Authorization: Bearer <key>`, as Azure managed endpoints
 do. Health routes stay open, like the probes Azure sends to the container. The key is read
 from the environment at start-up and never logged.
 """
@@ -41,12 +39,13 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from deploy.scoring.score import EXPECTED, Scorer
+from common.paths import PROJECT_ROOT
+from common.payloads import EXPECTED
+from deploy.scoring.score import Scorer
 
 log = logging.getLogger(__name__)
 
 DEFAULT_KEY_ENV = "FINETUNE_PHI_ENDPOINT_KEY"
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def create_app(scorer: Scorer, key: str | None = None):
@@ -64,7 +63,8 @@ def create_app(scorer: Scorer, key: str | None = None):
             status_code=401,
         )
 
-    async def call(request: Request, method) -> JSONResponse:
+    @app.post("/score")
+    async def score(request: Request) -> JSONResponse:
         if denied := unauthorised(request):
             return denied
         try:
@@ -72,7 +72,7 @@ def create_app(scorer: Scorer, key: str | None = None):
         except ValueError as e:
             return JSONResponse({"error": f"the body is not valid JSON ({e}); {EXPECTED}"}, status_code=400)
         try:
-            status, body = await run_in_threadpool(method, payload)
+            status, body = await run_in_threadpool(scorer.handle, payload)
         except Exception as e:  # a model failure, not the client's: 500, with the reason
             log.exception("scoring failed")
             return JSONResponse({"error": f"scoring failed: {type(e).__name__}: {e}"}, status_code=500)
@@ -82,14 +82,6 @@ def create_app(scorer: Scorer, key: str | None = None):
     @app.get("/health")
     def health():
         return {"status": "ok"}
-
-    @app.post("/score")
-    async def score(request: Request):
-        return await call(request, scorer.handle)
-
-    @app.post("/render")
-    async def render(request: Request):
-        return await call(request, scorer.render)
 
     return app
 

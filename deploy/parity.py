@@ -6,7 +6,7 @@ tools (answers that never stop, a missing `<|assistant|>` tag, a BOS added twice
 - training's template and special tokens (the `tokenizer/` artifacts the recipe logged),
 - MLflow's own llm/v1/chat rendering (`convert_messages_to_prompt` + the pipeline's
   tokenisation: what `pyfunc.predict` and `mlflow models serve` feed the model),
-- the scoring code (`Scorer.render`, in-process or over HTTP against a running endpoint),
+- the scoring code (`ChatModel`, which renders and generates with `common.generation`),
 and compares the prompt token ids, where generation stops (the token that ends an assistant
 turn in training must be an EOS id of generation), and the generate() arguments each probe
 request maps to, including the ones that actually reach `model.generate`.
@@ -16,11 +16,11 @@ Any difference is a ParityError naming the probe and both sides.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from deploy.scoring.score import ChatModel, Scorer, generation_kwargs
+from common.payloads import generation_kwargs
+from deploy.scoring.score import ChatModel
 
 PROBE_CONVERSATIONS = [
     [{"role": "user", "content": "Repeat: red fox"}],
@@ -103,18 +103,12 @@ def captured_generate_kwargs(chat_model: ChatModel, messages: list[dict], genera
     return seen
 
 
-def check(
-    chat_model: ChatModel,
-    training: dict | None,
-    render: Callable[[dict], tuple[int, Any]] | None = None,
-) -> list[str]:
+def check(chat_model: ChatModel, training: dict | None) -> list[str]:
     """Run every comparison; returns notes of what was compared, raises ParityError on a mismatch.
 
     `training`: `training_tokenizer_info(...)`, or None to skip that side (noted).
-    `render`: the endpoint's render route (defaults to this process's Scorer.render).
     """
     tokenizer = chat_model.tokenizer
-    render = render or Scorer(chat_model).render
     problems: list[str] = []
     notes: list[str] = []
 
@@ -144,9 +138,6 @@ def check(
             problems.append(
                 _diff(f"probe {i}: MLflow pyfunc rendering vs serving", via_mlflow, served, tokenizer)
             )
-        status, body = render({"messages": messages})
-        if status != 200 or body["prompt_token_ids"] != [served]:
-            problems.append(f"probe {i}: the endpoint renders {body} (status {status}), in-process {served}")
 
     # Where an answer ends: the first special token after an assistant turn in training data.
     messages = PROBE_CONVERSATIONS[0]
@@ -183,9 +174,6 @@ def check(
         sent = {k: reached.get(k) for k in expected}
         if sent != expected or reached.get("eos_token_id") != chat_model.eos_token_ids:
             problems.append(f"params {params}: model.generate received {reached}, expected {expected}")
-        status, body = render({"messages": PROBE_CONVERSATIONS[0], **params})
-        if status != 200 or body["generate_kwargs"] != chat_model.full_kwargs(expected):
-            problems.append(f"params {params}: the endpoint maps them to {body} (status {status})")
 
     if problems:
         raise ParityError("training/serving parity check failed:\n  - " + "\n  - ".join(problems))

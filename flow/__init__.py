@@ -2,7 +2,7 @@
 
 - flow/standard: seed A's interface (`input_data` in, `answer` out).
 - flow/chat: a chat flow (question, chat history, answer) that sends the history along.
-- endpoint_client.py: the HTTP calls as plain functions, usable without promptflow.
 - connect.py: `python -m flow.connect` stores the endpoint and its key in a CustomConnection.
-- e2e.py: `python -m flow.e2e` (make e2e) trains, serves, connects and asks the chat flow.
+The HTTP calls are `common.endpoint_client` (plain Python, no promptflow), which promptflow
+copies in beside the tools; `make e2e` (train, serve, connect, ask) is `python -m e2e`.
 """

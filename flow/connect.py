@@ -17,7 +17,10 @@ import urllib.request
 from dataclasses import dataclass
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from common.endpoint_client import EndpointSettings
+from flow.config import register_configs
 
 log = logging.getLogger(__name__)
 
@@ -45,50 +48,28 @@ def azureml_endpoint(target: DictConfig, client=None) -> Endpoint:
 
     `client` is an MLClient (injectable); by default one is built from `target.workspace`.
     """
-    from azure.ai.ml.entities import EndpointAuthKeys, EndpointAuthToken
+    from common.azure_workspace import WorkspaceSettings, endpoint_credentials, ml_client
 
     name = target.endpoint_name  # fails first, naming the key, when it is not given
-    if client is None:
-        from train.azureml.workspace import WorkspaceSettings, ml_client
-
-        workspace = OmegaConf.to_container(target.workspace, resolve=True)
-        client = ml_client(WorkspaceSettings.from_config(workspace))
-    endpoint = client.online_endpoints.get(name)
-    if not endpoint.scoring_uri:
-        raise RuntimeError(
-            f"online endpoint {name!r} has no scoring URI yet "
-            f"(provisioning state: {endpoint.provisioning_state}); wait for it to finish and re-run"
-        )
-    credentials = client.online_endpoints.get_keys(name)
-    if isinstance(credentials, EndpointAuthKeys):
-        key = credentials.primary_key
-    elif isinstance(credentials, EndpointAuthToken):
+    client = client or ml_client(WorkspaceSettings.from_config(target.workspace))
+    credentials = endpoint_credentials(client, name)
+    if credentials.expires:
         log.warning(
             "endpoint %r uses auth_mode aml_token: the stored token expires at %s; re-run this "
             "command after that (or switch the endpoint to auth_mode key)",
             name,
-            credentials.expiry_time_utc,
+            credentials.expires,
         )
-        key = credentials.access_token
-    else:
-        raise RuntimeError(
-            f"endpoint {name!r} uses Microsoft Entra (aad_token) auth, which a "
-            "connection with a static key cannot hold; create the endpoint with auth_mode key"
-        )
-    if not key:
-        raise RuntimeError(f"azure-ai-ml returned no key for endpoint {name!r}")
-    return Endpoint(url=endpoint.scoring_uri, key=key, deployment=target.deployment or "")
+    return Endpoint(url=credentials.scoring_uri, key=credentials.key, deployment=target.deployment or "")
 
 
 def build_connection(cfg: DictConfig, endpoint: Endpoint):
     """The CustomConnection entity: configs are plain strings, the key is the only secret."""
     from promptflow.entities import CustomConnection
 
-    from flow.endpoint_client import EndpointSettings
-
     configs = {
         "endpoint": endpoint.url,
-        "payload": str(cfg.payload),
+        "payload": cfg.payload.value,
         "timeout_s": str(cfg.timeout_s),
         "max_retries": str(cfg.max_retries),
         "auth": "bearer" if endpoint.key else "none",
@@ -100,15 +81,14 @@ def build_connection(cfg: DictConfig, endpoint: Endpoint):
     return CustomConnection(name=cfg.name, configs=configs, secrets={"key": endpoint.key or NO_KEY})
 
 
-def connect(cfg: DictConfig, client=None, pf=None):
+def connect(cfg: DictConfig, client=None, pf=None, environ=os.environ):
     """Fetch the target's endpoint and store it as `cfg.name`; returns the stored connection
-    (its secrets scrubbed, as promptflow returns them)."""
+    (its secrets scrubbed, as promptflow returns them). A local target's key is read from
+    `environ` (the variable `target.key_env` names)."""
     if cfg.target.name == "local":
-        endpoint = local_endpoint(cfg.target)
-    elif cfg.target.name == "azureml":
-        endpoint = azureml_endpoint(cfg.target, client)
+        endpoint = local_endpoint(cfg.target, environ)
     else:
-        raise ValueError(f"target={cfg.target.name!r}: use target=local or target=azureml")
+        endpoint = azureml_endpoint(cfg.target, client)
     connection = build_connection(cfg, endpoint)
     if cfg.telemetry is not None:
         from promptflow._sdk._configuration import Configuration  # what `pf config set` uses
@@ -144,6 +124,9 @@ def is_serving(url: str, timeout_s: float = 2.0) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="connect")

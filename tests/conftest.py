@@ -14,7 +14,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
-from train.config import PROJECT_ROOT, register_configs
+from common.paths import PROJECT_ROOT
+from train.config import register_configs
 
 CONF_DIR = str(PROJECT_ROOT / "conf")
 
@@ -124,3 +125,13 @@ def run_module(
         text=True,
         timeout=600,
     )
+
+
+@pytest.fixture
+def fake_endpoint():
+    """A loopback server answering a script of responses (tests/fake_endpoint.py)."""
+    from tests.fake_endpoint import FakeEndpoint
+
+    endpoint = FakeEndpoint()
+    yield endpoint
+    endpoint.close()

@@ -22,7 +22,9 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from common.azure_workspace import WorkspaceSettings
+from common.hydra_schema import refuse_keys_outside_the_schema
+from common.paths import PROJECT_ROOT, cache_dir
 
 # Keys the recipe sets itself from `paths` and `logger`; setting them under `sft` would be
 # silently overridden, so the schema leaves them out and composition rejects them.
@@ -108,18 +110,6 @@ class EvalConfig:
 
 
 @dataclass
-class AzureWorkspaceConfig:
-    # null: AZURE_SUBSCRIPTION_ID / AZURE_RESOURCE_GROUP / AZUREML_WORKSPACE_NAME, or, when none
-    # of the three is set, azure-ai-ml's config.json (searched upwards from the cwd or config_path).
-    subscription_id: str | None = None
-    resource_group: str | None = None
-    workspace_name: str | None = None
-    config_path: str | None = None
-    # default: DefaultAzureCredential | azure_cli: AzureCliCredential (`az login`).
-    credential: str = "default"
-
-
-@dataclass
 class AzureComputeConfig:
     # An AmlCompute cluster, created if missing; an existing one of another size is an error.
     name: str = MISSING
@@ -148,7 +138,7 @@ class TargetConfig:
     # local: train in this process. azureml: submit the same config as an Azure ML command job.
     name: str = "local"
     # Azure ML only (conf/target/azureml.yaml):
-    workspace: AzureWorkspaceConfig | None = None
+    workspace: WorkspaceSettings | None = None
     compute: AzureComputeConfig | None = None
     environment: AzureEnvironmentConfig | None = None
     instance_count: int = 1  # nodes; >1 or process_count_per_instance > 1 uses PyTorchDistribution
@@ -284,6 +274,7 @@ def _bundled_eval_for(source: str) -> str | None:
 
 def register_configs() -> None:
     """Register the schema as `train_schema`, the first entry of train.yaml's defaults."""
+    refuse_keys_outside_the_schema()  # `+sft.learning_rat=1` fails at compose time too
     ConfigStore.instance().store(name="train_schema", node=make_train_schema())
     from train.launch import launch_id, rank_suffix
     from train.tiny_model import ensure_tiny_phi3
@@ -291,6 +282,8 @@ def register_configs() -> None:
     resolvers = {
         # ${project_root:}: this checkout, wherever the command is run from.
         "project_root": lambda: str(PROJECT_ROOT),
+        # ${cache_dir:}: $FINETUNE_PHI_CACHE, else ~/.cache/finetune-phi (common/paths.py).
+        "cache_dir": lambda: str(cache_dir()),
         # ${tiny_phi3:DIR}: the tiny offline model's directory, built on first use.
         "tiny_phi3": ensure_tiny_phi3,
         # ${bundled_eval_for:SOURCE}: the bundled test set, but only for the bundled training set;

@@ -2,12 +2,13 @@
 
 Eval loss says the model fits held-out text; this says what a user sees. Each held-out
 conversation is cut before its last assistant turn, answered greedily through the chat
-template (as a deployment would), and compared with the reference answer.
+template by the serving code's own generator (`common.generation`), and compared with the
+reference answer.
 """
 
 from __future__ import annotations
 
-import torch
+from common.generation import Generator
 
 
 def split_for_generation(messages: list[dict]) -> tuple[list[dict], str] | None:
@@ -18,35 +19,14 @@ def split_for_generation(messages: list[dict]) -> tuple[list[dict], str] | None:
     return None
 
 
-@torch.no_grad()
 def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int = 16):
-    """Greedy answers to chat prompts, batched with left padding."""
-    was_training = model.training
-    model.eval()
-    padding_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    answers: list[str] = []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            batch = tokenizer.apply_chat_template(
-                prompts[start : start + batch_size],
-                add_generation_prompt=True,
-                padding=True,
-                return_tensors="pt",
-                return_dict=True,
-            ).to(model.device)
-            out = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            new_tokens = out[:, batch["input_ids"].shape[1] :]
-            answers += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-    finally:
-        tokenizer.padding_side = padding_side
-        model.train(was_training)
-    return answers
+    """Greedy answers to chat prompts, rendered and generated as the endpoint does it."""
+    generator = Generator(model, tokenizer)
+    generate = {"max_new_tokens": max_new_tokens, "do_sample": False}
+    answers: list[dict] = []
+    for start in range(0, len(prompts), batch_size):
+        answers += generator.answer_batch(prompts[start : start + batch_size], generate, stop=[])
+    return [a["text"] for a in answers]
 
 
 def exact_match_eval(model, tokenizer, conversations, n: int, max_new_tokens: int):

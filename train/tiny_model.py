@@ -26,6 +26,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from common.paths import cache_dir
 from train.sample_data import TRAIN_FILE
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|pad|>"]
@@ -54,13 +55,6 @@ MODEL_SHAPE = {
     "max_position_embeddings": 512,
 }
 SEED = 0
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("FINETUNE_PHI_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "finetune-phi"
-    )
-    return Path(base)
 
 
 def _fingerprint() -> str:
@@ -136,9 +130,9 @@ def build_tiny_phi3(out_dir: Path) -> Path:
     return out_dir
 
 
-def ensure_tiny_phi3(cache_dir: str | os.PathLike | None = None) -> str:
+def ensure_tiny_phi3(cache_root: str | os.PathLike | None = None) -> str:
     """Path of the cached tiny model directory, building it on first use."""
-    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    root = Path(cache_root) if cache_root else cache_dir()
     target = root / f"tiny-phi3-{_fingerprint()}"
     if (target / "config.json").exists():
         return str(target)

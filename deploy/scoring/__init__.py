@@ -1,4 +1,6 @@
-"""The scoring script uploaded to Azure ML (score.py) and imported by the local server.
+"""The scoring script deployed to Azure ML (score.py) and imported by the local server.
 
-This folder is the deployment's code: keep it free of imports from the `deploy` package.
+This folder is the deployment's code: score.py imports nothing from the `deploy` package, only
+installed packages and the neutral `common` modules the Azure code snapshot carries beside it
+(`deploy.azureml.scoring_code_dir`).
 """

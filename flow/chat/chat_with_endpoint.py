@@ -1,8 +1,9 @@
 """Prompt flow tool: send the chat history and the new question to the endpoint."""
 
-from endpoint_client import EndpointSettings, GenerationParams, ask, history_to_messages
 from promptflow.connections import CustomConnection
 from promptflow.core import tool
+
+from common.endpoint_client import EndpointSettings, GenerationParams, ask, history_to_messages
 
 
 @tool

@@ -1,8 +1,9 @@
 """Prompt flow tool: send one prompt to the endpoint in the connection, return the answer."""
 
-from endpoint_client import EndpointSettings, GenerationParams, ask
 from promptflow.connections import CustomConnection
 from promptflow.core import tool
+
+from common.endpoint_client import EndpointSettings, GenerationParams, ask
 
 
 @tool

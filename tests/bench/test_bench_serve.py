@@ -57,16 +57,10 @@ def test_latency_and_tokens_at_batch_1_and_under_concurrency(served, tmp_path, m
 
 
 def test_a_wrong_key_fails_loudly_with_the_servers_answer(served):
-    with pytest.raises(RuntimeError, match="every request failed.*HTTP 401"):
+    with pytest.raises(RuntimeError, match=r"every request failed.*refused the request \(401\)"):
         serve.run_serve_benchmark(served, [1], 1, 2, "hi", key="wrong")
 
 
 def test_only_the_local_endpoint_is_measured():
     with pytest.raises(SystemExit, match="local endpoint"):
         serve.check_loopback("https://example.inference.ml.azure.com")
-
-
-def test_percentiles_interpolate_like_numpy():
-    assert serve.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
-    assert serve.percentile([1.0, 2.0, 3.0, 4.0], 95) == pytest.approx(3.85)
-    assert serve.percentile([7.0], 95) == 7.0

@@ -21,7 +21,7 @@ from omegaconf import open_dict
 from bench import metrics
 from bench.config import register_bench_configs
 from bench.report import write_results
-from train.config import PROJECT_ROOT
+from common.paths import PROJECT_ROOT
 
 CONF = PROJECT_ROOT / "conf"
 register_bench_configs()

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from azure.ai.ml import MLClient, load_online_deployment, load_online_endpoint
+from azure.ai.ml import MLClient
 from azure.ai.ml.entities import Model
 from azure.core.credentials import AccessToken
 from azure.core.exceptions import ResourceNotFoundError
@@ -17,10 +17,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 import deploy.__main__  # noqa: F401  (registers the project_root resolver)
+from common.paths import PROJECT_ROOT
 from deploy import actions, azureml
 from deploy import environment as environment_module
 from deploy.registry import ModelRef
-from train.config import PROJECT_ROOT
 
 IDENTITY = (
     "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/phi-uai"
@@ -151,31 +151,43 @@ def run_deploy(workspace, *overrides):
     )
 
 
-def test_entities_dump_to_yaml_the_sdk_loads(tmp_path):
+def test_entities_as_azure_receives_them(tmp_path):
+    """The ARM request bodies azure-ai-ml builds from our entities (its own serialisation)."""
     cfg = deploy_config(
         "target.deployment.instance_type=Standard_NC6s_v3", "target.deployment.instance_count=2"
     )
-    endpoint = azureml.endpoint_entity(cfg.target.endpoint)
-    (tmp_path / "endpoint.yml").write_text(azureml.entity_yaml(endpoint))
-    loaded = load_online_endpoint(tmp_path / "endpoint.yml")
-    assert (loaded.name, loaded.auth_mode, loaded.identity.type) == ("finetune-phi", "key", "user_assigned")
-    assert loaded.identity.user_assigned_identities[0].resource_id == IDENTITY
+    endpoint = azureml.endpoint_entity(cfg.target.endpoint)._to_rest_online_endpoint("westeurope")
+    assert (endpoint.properties.auth_mode, endpoint.identity.type) == ("Key", "UserAssigned")
+    assert list(endpoint.identity.user_assigned_identities) == [IDENTITY]
 
+    code_dir = azureml.scoring_code_dir(tmp_path / "code")
     deployment = azureml.deployment_entity(
         cfg.target.deployment,
         "finetune-phi",
         "blue",
         "azureml:tiny-phi3-sft:1",
         "azureml:finetune-phi-serve:1",
+        code_dir,
     )
-    (tmp_path / "deployment.yml").write_text(azureml.entity_yaml(deployment))
-    loaded = load_online_deployment(tmp_path / "deployment.yml")
-    assert (loaded.instance_type, loaded.instance_count) == ("Standard_NC6s_v3", 2)
-    assert loaded.request_settings.request_timeout_ms == 90000
-    assert loaded.request_settings.max_concurrent_requests_per_instance == 1
-    assert loaded.liveness_probe.initial_delay == 600 and loaded.readiness_probe.failure_threshold == 30
-    assert loaded.code_configuration.scoring_script == "score.py"
-    assert Path(loaded.code_configuration.code).name == "scoring"
+    body = deployment._to_rest_object(location="westeurope").as_dict()
+    assert body["sku"] == {"name": "Default", "capacity": 2}
+    properties = body["properties"]
+    assert properties["instanceType"] == "Standard_NC6s_v3"
+    assert properties["requestSettings"] == {
+        "requestTimeout": "PT1M30S",
+        "maxConcurrentRequestsPerInstance": 1,
+        "maxQueueWait": "PT1M",
+    }
+    assert properties["livenessProbe"]["initialDelay"] == "PT10M"
+    assert properties["readinessProbe"]["failureThreshold"] == 30
+    assert properties["codeConfiguration"]["scoringScript"] == "score.py"
+    # The snapshot carries what score.py imports from this project: the neutral contract modules.
+    assert sorted(p.relative_to(code_dir).as_posix() for p in code_dir.rglob("*.py")) == [
+        "common/__init__.py",
+        "common/generation.py",
+        "common/payloads.py",
+        "score.py",
+    ]
 
     model = azureml.model_entity(JOB_MODEL, "tiny-phi3-sft")
     assert (model.type, model.path) == ("mlflow_model", JOB_MODEL.uri)

@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from deploy import parity
 from deploy.local import serve_in_background
 from tests.deploy.conftest import training_tokenizer
 
@@ -102,25 +101,6 @@ def test_fifty_concurrent_requests_all_answered(server):
     assert [status for status, _ in results] == [200] * 50
     answers = {body["choices"][0]["message"]["content"] for _, body in results}
     assert len(answers) == 1  # greedy: the lock keeps concurrent generations independent
-
-
-def test_endpoint_renders_what_training_renders(server, registered):
-    """The parity check over HTTP: prompt ids and generate() arguments of the running endpoint."""
-    tokenizer = training_tokenizer(registered.model_dir)
-    for messages in parity.PROBE_CONVERSATIONS:
-        status, body = call(f"{server}/render", {"messages": messages, "max_tokens": 9, "temperature": 0.7})
-        trained = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)[
-            "input_ids"
-        ]
-        assert status == 200 and body["prompt_token_ids"] == [trained]
-        assert body["generate_kwargs"] == {
-            "max_new_tokens": 9,
-            "do_sample": True,
-            "temperature": 0.7,
-            "top_p": 1.0,
-            "eos_token_id": [tokenizer.convert_tokens_to_ids("<|end|>")],
-            "pad_token_id": tokenizer.pad_token_id,
-        }
 
 
 def test_stop_strings_end_the_answer_before_them(server, trained_answer):

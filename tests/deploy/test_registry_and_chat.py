@@ -44,17 +44,12 @@ def test_missing_name_or_version_says_what_exists(client):
 def test_chat_sends_the_whole_history_and_resets():
     seen = []
 
-    def predict(request):
-        seen.append([m["content"] for m in request["messages"]])
-        return [
-            {
-                "object": "chat.completion",
-                "choices": [{"message": {"role": "assistant", "content": f"a{len(seen)}"}}],
-            }
-        ]
+    def answer(messages):
+        seen.append([m["content"] for m in messages])
+        return f"a{len(seen)}"
 
     out = []
-    final = chat_loop(predict, ["hi", "again", "/reset", "fresh"], write=out.append, system="be brief")
+    final = chat_loop(answer, ["hi", "again", "/reset", "fresh"], write=out.append, system="be brief")
     assert seen == [["be brief", "hi"], ["be brief", "hi", "a1", "again"], ["be brief", "fresh"]]
     assert out == ["assistant> a1", "assistant> a2", "(conversation reset)", "assistant> a3"]
     assert final[-1] == {"role": "assistant", "content": "a3"}
@@ -98,10 +93,11 @@ def test_azureml_job_by_name_or_the_last_one_training_submitted(tmp_path):
 def test_deploy_config_composes_for_both_targets_and_rejects_bad_actions():
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import ConfigCompositionException
 
     import deploy.__main__  # noqa: F401  (registers the project_root resolver)
+    from common.paths import PROJECT_ROOT
     from deploy import actions
-    from train.config import PROJECT_ROOT
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf" / "deploy"), version_base="1.3"):
@@ -110,12 +106,18 @@ def test_deploy_config_composes_for_both_targets_and_rejects_bad_actions():
             "deploy", overrides=["target=azureml", "target.deployment.instance_type=Standard_NC6s_v3"]
         )
         bad = compose("deploy", overrides=["action=status"])
-        typo = compose("deploy", overrides=["action=deplyo"])
+        for typo, named in (
+            ("action=deplyo", "deplyo"),
+            ("target.endpoint.auth_mode=keys", "keys"),
+            ("target.endpont.name=x", "endpont"),
+            ("+chat.urll=x", "urll"),
+        ):
+            with pytest.raises(ConfigCompositionException) as error:
+                compose("deploy", overrides=["target=azureml", typo])
+            assert named in f"{error.value} {error.value.__cause__}"
     GlobalHydra.instance().clear()
     assert (local.target.name, local.port, local.key_env) == ("local", 8001, "FINETUNE_PHI_ENDPOINT_KEY")
     assert azure.target.deployment.instance_type == "Standard_NC6s_v3"
-    assert azure.target.endpoint.auth_mode == "key" and azure.target.traffic.new_percent == 100
+    assert azure.target.endpoint.auth_mode.name == "key" and azure.target.traffic.new_percent == 100
     with pytest.raises(SystemExit, match="action=status needs target=azureml"):
         actions.run(bad)
-    with pytest.raises(SystemExit, match="expected one of deploy, status, teardown, chat"):
-        actions.run(typo)

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from common.payloads import BadRequest, generation_kwargs, parse_request
 from deploy.scoring import score
-from deploy.scoring.score import BadRequest, generation_kwargs, parse_request
 
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
 
@@ -16,10 +16,10 @@ def test_the_three_shapes_are_recognised():
     a = parse_request(
         {"input_data": ["one", "two"], "params": {"max_new_tokens": 4, "return_full_text": True}}
     )
-    assert a.shape == "seed_a" and a.return_full_text
+    assert a.shape == "seedA" and a.return_full_text
     assert a.conversations == [[{"role": "user", "content": "one"}], [{"role": "user", "content": "two"}]]
     b = parse_request({"input_data": {"input_string": MESSAGES, "parameters": {"max_new_tokens": 4}}})
-    assert (b.shape, b.conversations, b.generate["max_new_tokens"]) == ("seed_b", [MESSAGES], 4)
+    assert (b.shape, b.conversations, b.generate["max_new_tokens"]) == ("seedB", [MESSAGES], 4)
     c = parse_request({"messages": MESSAGES, "max_tokens": 6, "model": "any"})
     assert (c.shape, c.generate["max_new_tokens"]) == ("openai", 6)
 

@@ -8,10 +8,11 @@ import secrets
 
 import pytest
 
+from e2e.local import files_containing, repo_files
 from flow.connect import connect
-from flow.e2e import files_containing, repo_files
 from tests.conftest import register_tiny_model
-from tests.flow.conftest import FLOW_DIR, FakeEndpoint, connect_config, port_and_route
+from tests.fake_endpoint import FakeEndpoint
+from tests.flow.conftest import FLOW_DIR, connect_config, port_and_route
 
 PROJECT_ROOT = FLOW_DIR.parent
 KEY = "e2e-" + secrets.token_urlsafe(18)  # random per session: found only if it leaked this run

@@ -13,12 +13,12 @@ from azure.ai.ml import MLClient, load_compute, load_environment, load_job
 from azure.core.exceptions import ResourceNotFoundError
 from omegaconf import OmegaConf
 
+from common.azure_workspace import WorkspaceSettings, WorkspaceSettingsError, ml_client
 from tests.conftest import compose_config, run_module
 from train.azureml import job as job_module
 from train.azureml.compute import ComputeError
 from train.azureml.submit import submit
 from train.azureml.sweep import job_table
-from train.azureml.workspace import WorkspaceSettings, WorkspaceSettingsError, ml_client
 from train.data import DataError
 
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"

@@ -9,8 +9,8 @@ import sys
 from azure.ai.ml import load_environment
 from omegaconf import OmegaConf
 
+from common.paths import PROJECT_ROOT
 from train.azureml.environment import CONSTRAINTS, DOCKERFILE, environment_entity, write_build_context
-from train.config import PROJECT_ROOT
 
 DOCKERFILE_TEXT = DOCKERFILE.read_text()
 INSTRUCTIONS = [

@@ -8,7 +8,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError
 
-from train.config import PROJECT_ROOT
+from common.paths import PROJECT_ROOT
 
 CONF = PROJECT_ROOT / "conf"
 

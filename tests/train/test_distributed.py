@@ -18,9 +18,9 @@ import torch
 from accelerate.commands.config.config_args import ClusterConfig
 from safetensors.torch import load_file
 
+from common.paths import PROJECT_ROOT
 from tests.conftest import compose_config
 from train import launch
-from train.config import PROJECT_ROOT
 from train.recipe import run
 
 STEPS = 4

@@ -21,6 +21,7 @@ from omegaconf import open_dict
 from safetensors.torch import load_file
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
+from common.paths import PROJECT_ROOT
 from tests.conftest import compose_config
 from train.checkpoint import (
     EXIT_INTERRUPTED,
@@ -29,7 +30,6 @@ from train.checkpoint import (
     find_resume_checkpoint,
     is_complete,
 )
-from train.config import PROJECT_ROOT
 from train.model import ConfigError
 from train.recipe import run
 

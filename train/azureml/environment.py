@@ -8,16 +8,13 @@ changed pin gets a new version instead of silently replacing the old one.
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import shutil
 from pathlib import Path
 
-from azure.ai.ml.entities import BuildContext, Environment
+from common.azure_environment import ensure_environment, versioned_environment
+from common.paths import PROJECT_ROOT
 
-from train.config import PROJECT_ROOT
-
-log = logging.getLogger(__name__)
+__all__ = ["ensure_environment", "environment_entity", "write_build_context"]
 
 DOCKERFILE = PROJECT_ROOT / "docker" / "train.Dockerfile"
 CONSTRAINTS = PROJECT_ROOT / "constraints.txt"
@@ -31,35 +28,12 @@ def write_build_context(out_dir: Path) -> Path:
     return out_dir
 
 
-def context_version(context_dir: Path) -> str:
-    h = hashlib.sha256()
-    for name in ("Dockerfile", "constraints.txt"):
-        h.update(name.encode() + b"\0" + (context_dir / name).read_bytes())
-    return h.hexdigest()[:16]
-
-
-def environment_entity(env_cfg, context_dir: Path) -> Environment:
+def environment_entity(env_cfg, context_dir: Path):
     """The Environment to register: a build of `context_dir`, or `env_cfg.image` as is."""
-    description = "finetune-phi training stack (constraints.txt)"
-    if env_cfg.image:
-        version = hashlib.sha256(env_cfg.image.encode()).hexdigest()[:16]
-        return Environment(name=env_cfg.name, version=version, image=env_cfg.image, description=description)
-    return Environment(
-        name=env_cfg.name,
-        version=context_version(context_dir),
-        build=BuildContext(path=str(context_dir), dockerfile_path="Dockerfile"),
-        description=description,
+    return versioned_environment(
+        env_cfg.name,
+        "finetune-phi training stack (constraints.txt)",
+        image=env_cfg.image,
+        context_dir=context_dir,
+        files=("constraints.txt",),
     )
-
-
-def ensure_environment(ml_client, environment: Environment) -> Environment:
-    """The registered environment of this name and version, created when missing."""
-    from azure.core.exceptions import ResourceNotFoundError
-
-    try:
-        existing = ml_client.environments.get(environment.name, version=environment.version)
-        log.info("environment %s:%s exists; reusing it", environment.name, environment.version)
-        return existing
-    except ResourceNotFoundError:
-        log.info("registering environment %s:%s", environment.name, environment.version)
-        return ml_client.environments.create_or_update(environment)

@@ -27,7 +27,7 @@ from azure.ai.ml import Input, Output, PyTorchDistribution, command
 from azure.ai.ml.entities import ManagedIdentityConfiguration, UserIdentityConfiguration
 from omegaconf import OmegaConf
 
-from train.config import PROJECT_ROOT
+from common.paths import PROJECT_ROOT
 
 RUN_OUTPUT = "run"  # the job output holding the run folder
 JOB_RUN_ID = "azureml"  # the run folder's name inside that output: fixed, so a rerun resumes

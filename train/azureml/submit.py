@@ -17,8 +17,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from common.azure_workspace import WorkspaceSettings, ml_client
 from train.azureml import RECORD, compute, environment, job
-from train.azureml.workspace import WorkspaceSettings, ml_client
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,15 @@
-"""The endpoint client without promptflow: payload shapes, answers and every error path,
+"""The endpoint client (common/endpoint_client.py) without promptflow: payload shapes, answers and every error path,
 against a scriptable loopback server."""
 
 from __future__ import annotations
 
 import socket
+from types import SimpleNamespace
 
 import pytest
+import urllib3
 
-from flow.endpoint_client import (
+from common.endpoint_client import (
     EndpointAuthError,
     EndpointBusy,
     EndpointHTTPError,
@@ -115,14 +117,14 @@ def test_history_becomes_messages_in_order():
 
 
 def test_seed_a_refuses_history_instead_of_dropping_it(fake_endpoint):
-    two_turns = history_to_messages([{"inputs": {"q": "a"}, "outputs": {"a": "b"}}], "c")
+    two_turns = history_to_messages([{"inputs": {"question": "a"}, "outputs": {"answer": "b"}}], "c")
     with pytest.raises(ValueError, match="payload=openai or payload=seedB"):
         ask(settings(fake_endpoint.url, payload="seedA"), two_turns)
     assert fake_endpoint.requests == []
 
 
 def test_bad_generation_params_and_settings_fail_before_sending():
-    with pytest.raises(ValueError, match="do_sample=true needs temperature > 0"):
+    with pytest.raises(ValueError, match="do_sample=true needs a temperature > 0"):
         GenerationParams(do_sample=True, temperature=0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         GenerationParams(max_new_tokens=0)
@@ -154,19 +156,21 @@ def test_timeout_is_bounded(fake_endpoint):
         ask(settings(fake_endpoint.url, payload="seedB", timeout_s=0.2), HELLO)
 
 
-def test_429_and_503_are_retried_a_bounded_number_of_times(fake_endpoint):
+def test_429_and_503_are_retried_a_bounded_number_of_times(fake_endpoint, monkeypatch):
     waits = []
+    # urllib3's Retry sleeps through its module's `time`: record the waits instead of waiting.
+    monkeypatch.setattr(urllib3.util.retry, "time", SimpleNamespace(sleep=waits.append))
     fake_endpoint.answer(
         (429, {"error": "slow down"}, {"Retry-After": "3"}), (503, b"busy"), (200, {"output": "ok"})
     )
-    assert ask(settings(fake_endpoint.url, payload="seedB"), HELLO, sleep=waits.append) == "ok"
-    assert waits == [3.0, 0.02]  # the server's Retry-After, then our doubled backoff
+    assert ask(settings(fake_endpoint.url, payload="seedB"), HELLO) == "ok"
+    assert waits == [3.0, 0.02]  # the server's Retry-After, then urllib3's doubled backoff
 
     fake_endpoint.requests.clear()
     fake_endpoint.answer(*[(503, {"error": "scaling"}, {"Retry-After": "600"})] * 5)
     waits.clear()
     with pytest.raises(EndpointBusy, match=r"busy \(503\) after 2 retries"):
-        ask(settings(fake_endpoint.url, max_retries=2), HELLO, sleep=waits.append)
+        ask(settings(fake_endpoint.url, max_retries=2), HELLO)
     assert len(fake_endpoint.requests) == 3
     assert waits == [10.0, 10.0]  # a long Retry-After is capped
 

@@ -1,9 +1,12 @@
 """The whole local path in one command (`make e2e`): train, register, serve, connect, ask.
 
-python -m flow.e2e                                   # the embedded default, one question
-python -m flow.e2e --question "What is the first word of: amber river"
-python -m flow.e2e --train-override eval.generate_samples=8   # replaces the default overrides
-python -m flow.e2e --model-uri models:/tiny-phi3-sft/1        # skip training: serve, connect, ask
+python -m e2e                                   # the embedded default, one question
+python -m e2e --question "What is the first word of: amber river"
+python -m e2e --train-override eval.generate_samples=8   # replaces the default overrides
+python -m e2e --model-uri models:/tiny-phi3-sft/1        # skip training: serve, connect, ask
+
+It sits above the layers it drives (train, deploy, flow), as bench/ does, so it is the one
+place that imports all three.
 
 1. `python -m train` fine-tunes the tiny offline model and registers it in MLflow (the same
    store as `make demo`: outputs/mlflow.db unless MLFLOW_TRACKING_URI is set), without the
@@ -28,8 +31,9 @@ import sys
 import time
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-FLOW_DIR = Path(__file__).resolve().parent
+from common.paths import PROJECT_ROOT
+
+FLOW_DIR = PROJECT_ROOT / "flow"
 DEFAULT_QUESTION = "How many words are in: glacier lantern"  # held out (answer: two)
 # Cheap settings for a demo of the path: the same 2 epochs as `make demo` (1 epoch scores 0%
 # held-out exact match), minus the held-out generation before/after training, the per-epoch
@@ -104,6 +108,9 @@ def connection_config(port: int):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from flow.config import register_configs
+
+    register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(FLOW_DIR / "conf"), version_base="1.3"):
         return compose(
@@ -141,14 +148,7 @@ def run_e2e(question: str, train_overrides: list[str], out_dir: Path, model_uri:
         mark = time.perf_counter()
         from flow.connect import connect
 
-        saved = os.environ.get(KEY_ENV)
-        os.environ[KEY_ENV] = key  # read by connect, then dropped: it lives in the store only
-        try:
-            stored = connect(connection_config(port))
-        finally:
-            os.environ.pop(KEY_ENV)
-            if saved is not None:
-                os.environ[KEY_ENV] = saved
+        stored = connect(connection_config(port), environ={KEY_ENV: key})  # the key goes to the store only
         print(f"connection {stored.name!r} -> {dict(stored.configs)['endpoint']}", flush=True)
         seconds["connect"] = time.perf_counter() - mark
 

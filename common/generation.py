@@ -1,0 +1,86 @@
+"""Rendering a chat and generating its answer, once for serving and for evaluation.
+
+The scoring script (deploy/scoring/score.py), training's held-out evaluation
+(train/evaluate.py) and the parity check all render prompts with `prompt_ids` and generate
+with `Generator`, so what evaluation measures is what the endpoint serves: the same template
+call, the same stop ids, the same decoding and the same finish reasons.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of the prompt a model answers: the chat template with the generation prompt."""
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+
+
+class Generator:
+    """A transformers model and its tokenizer, answering chat prompts in left-padded batches."""
+
+    def __init__(self, model, tokenizer):
+        self.model = model
+        self.tokenizer = tokenizer
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """Where an answer ends: the generation config's EOS ids (Phi-3.5: <|end|>, ...)."""
+        eos = self.model.generation_config.eos_token_id
+        eos = self.tokenizer.eos_token_id if eos is None else eos
+        return sorted({eos} if isinstance(eos, int) else set(eos))
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        return prompt_ids(self.tokenizer, messages)
+
+    def full_kwargs(self, generate: dict) -> dict:
+        """Everything passed to model.generate besides the prompt."""
+        return {**generate, "eos_token_id": self.eos_token_ids, "pad_token_id": self.tokenizer.pad_token_id}
+
+    def answer(self, messages: list[dict], generate: dict, stop: list[str]) -> dict:
+        return self.answer_batch([messages], generate, stop)[0]
+
+    def answer_batch(self, conversations: list[list[dict]], generate: dict, stop: list[str]) -> list[dict]:
+        """One answer per conversation: `text`, `finish_reason` (stop | length) and `usage`."""
+        import torch
+
+        prompts = [self.prompt_ids(m) for m in conversations]
+        width = max(map(len, prompts))
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.model.device)
+        attention_mask = torch.tensor(
+            [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.model.device
+        )
+        kwargs: dict[str, Any] = self.full_kwargs(generate)
+        if stop:
+            kwargs.update(stop_strings=stop, tokenizer=self.tokenizer)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        finally:
+            self.model.train(was_training)
+        return [self._decode(prompt, row[width:].tolist(), stop) for prompt, row in zip(prompts, out)]
+
+    def _decode(self, prompt: list[int], new: list[int], stop: list[str]) -> dict:
+        eos = set(self.eos_token_ids)
+        end = next((i + 1 for i, t in enumerate(new) if t in eos), None)
+        if end:
+            new = new[:end]
+        else:  # a row ended by a stop string is padded up to the batch's longest
+            while new and new[-1] == self.tokenizer.pad_token_id:
+                new.pop()
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        # Stop strings end generation after the token containing them; the answer ends before.
+        hit = [text.index(s) for s in stop if s in text]
+        text = text[: min(hit)] if hit else text
+        return {
+            "text": text.strip(),
+            "finish_reason": "stop" if hit or end else "length",
+            "usage": {
+                "prompt_tokens": len(prompt),
+                "completion_tokens": len(new),
+                "total_tokens": len(prompt) + len(new),
+            },
+        }
