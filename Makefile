@@ -39,9 +39,13 @@ format: setup ## ruff: fix what can be fixed and format
 	$(VENV)/bin/ruff format .
 
 constraints: setup ## re-resolve constraints.txt after changing pyproject.toml's dependencies
+	@# Start from the current pins so only what the change needs moves (-P NAME upgrades one on
+	@# purpose); torch's CUDA-only dependencies stay out, as torch pins them itself.
+	@grep -v '^#' constraints.txt > constraints.new
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev $(FIND_LINKS) --python-version 3.11 \
-		--no-header --no-annotate -o constraints.new
-	@{ sed -n '/^#/p' constraints.txt; grep -v '^#' constraints.new | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.txt
+		--no-header --no-annotate -o constraints.new $(UPGRADE)
+	@{ sed -n '/^#/p' constraints.txt; grep -v '^#' constraints.new | grep -vE '^(cuda-|nvidia-|triton==)' \
+		| sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.txt
 	@rm constraints.new
 
 clean-outputs: ## delete local runs and the local MLflow store (asks first)
