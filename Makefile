@@ -38,9 +38,10 @@ format: setup ## ruff: fix what can be fixed and format
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-constraints: setup ## re-resolve constraints.txt after changing pyproject.toml's dependencies
-	@# Start from the current pins so only what the change needs moves (-P NAME upgrades one on
-	@# purpose); torch's CUDA-only dependencies stay out, as torch pins them itself.
+constraints: ## re-resolve constraints.txt after changing pyproject.toml (UPGRADE="-P pkg" moves pkg too)
+	@# Start from the current pins so only what the change needs moves; torch's CUDA-only
+	@# dependencies stay out, as torch pins them itself. Needs only uv, not a working setup.
+	@test -x $(VENV)/bin/uv || { python3 -m venv $(VENV) && $(PY) -m pip install -q uv==$(UV_VERSION); }
 	@grep -v '^#' constraints.txt > constraints.new
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev $(FIND_LINKS) --python-version 3.11 \
 		--no-header --no-annotate -o constraints.new $(UPGRADE)
