@@ -445,10 +445,7 @@ def _overrides() -> list[str]:
     """The command line's overrides (Hydra's record of them; also set for composed configs)."""
     from hydra.core.hydra_config import HydraConfig
 
-    try:
-        return list(HydraConfig.get().overrides.task)
-    except ValueError:
-        return sys.argv[1:]
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else sys.argv[1:]
 
 
 def _add_ratios(rows: list[dict]) -> None:

@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 
 import mlflow
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
@@ -58,25 +60,15 @@ def sft_defaults() -> dict:
 
 
 def _overrides(cfg: DictConfig) -> str:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return " ".join(HydraConfig.get().overrides.task)
-    except ValueError:  # composed outside a Hydra app (tests, notebooks)
-        return ""
+    """The command line's overrides; empty when composed outside a Hydra app (notebooks)."""
+    return " ".join(HydraConfig.get().overrides.task) if HydraConfig.initialized() else ""
 
 
 def _default_run_name(cfg: DictConfig) -> str:
     """The run folder's name; a sweep point's is `<sweep folder>/<point number>`."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        hydra_cfg = HydraConfig.get()
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            return f"{Path(hydra_cfg.sweep.dir).name}/{hydra_cfg.job.num}"
-    except ValueError:  # composed outside a Hydra app
-        pass
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    if hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN:
+        return f"{Path(hydra_cfg.sweep.dir).name}/{hydra_cfg.job.num}"
     return cfg.run_id
 
 

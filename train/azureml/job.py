@@ -65,10 +65,7 @@ def task_overrides() -> list[str]:
     """This run's command-line overrides (a sweep point's own values in a multirun)."""
     from hydra.core.hydra_config import HydraConfig
 
-    try:
-        return list(HydraConfig.get().overrides.task)
-    except ValueError:  # composed outside a Hydra app
-        return []
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def _uri_input(location: str) -> Input:

@@ -39,10 +39,9 @@ def check_sweeper() -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    try:
-        hydra_cfg = HydraConfig.get()
-    except ValueError:  # composed outside a Hydra app
+    if not HydraConfig.initialized():  # composed outside a Hydra app
         return
+    hydra_cfg = HydraConfig.get()
     sweeper = str(hydra_cfg.sweeper.get("_target_", ""))
     if hydra_cfg.mode == RunMode.MULTIRUN and "optuna" in sweeper.lower():
         raise job.JobConfigError(
