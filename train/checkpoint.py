@@ -23,7 +23,7 @@ import re
 import signal
 from pathlib import Path
 
-import torch
+from accelerate import Accelerator
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -128,19 +128,22 @@ class ResumeGuard(TrainerCallback):
 class StopOnSignal(TrainerCallback):
     """On SIGTERM/SIGINT: save a checkpoint at the end of the current step and stop training.
 
-    The handlers are installed for the duration of `trainer.train()` only. Under several
-    processes the flag is combined across ranks each step, so all ranks stop at the same step
-    even when the signal reached them at different times (no rank is left in a collective).
+    The handlers are installed for the duration of `trainer.train()` only. A signal sets
+    accelerate's trigger on the rank that received it (`Accelerator.set_trigger`); every rank
+    checks it across all ranks at the end of each step (`Accelerator.check_trigger`, a
+    collective), so all ranks stop at the same step even when the signal reached them at
+    different times (no rank is left waiting in a collective).
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self):
-        self.received: int | None = None
+    def __init__(self, accelerator: Accelerator):
+        self.accelerator = accelerator
+        self.interrupted = False  # on every rank, once any rank received a signal
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum, frame):
-        self.received = signum
+        self.accelerator.set_trigger()
         log.warning(
             "%s received: saving a checkpoint at the end of this step, then exiting with status %d "
             "(send it again to stop at once)",
@@ -158,22 +161,9 @@ class StopOnSignal(TrainerCallback):
             signal.signal(signum, handler)
         self._previous.clear()
 
-    def _any_rank_received(self, args) -> bool:
-        stop = self.received is not None
-        if args.world_size > 1 and torch.distributed.is_initialized():
-            flag = torch.tensor([1.0 if stop else 0.0], device=args.device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            stop = bool(flag.item())
-            if stop and self.received is None:
-                self.received = signal.SIGTERM  # another rank got it
-        return stop
-
     def on_step_end(self, args, state, control, **kwargs):
-        if self._any_rank_received(args):
+        if self.accelerator.check_trigger():
+            self.interrupted = True
             control.should_save = True
             control.should_training_stop = True
         return control
-
-    @property
-    def interrupted(self) -> bool:
-        return self.received is not None

@@ -127,7 +127,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.preview:
         print(preview.render(cfg, tokenizer, prepared, cfg.preview))
     lm = model.load_model(cfg.model, cfg.peft, tokenizer)
-    stop_on_signal = checkpoint.StopOnSignal()
     trainer = SFTTrainer(
         model=lm,
         args=args,
@@ -138,9 +137,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
         callbacks=[
             tracking.MetricsOnlyMLflowCallback(),
             checkpoint.ResumeGuard(resume_from),
-            stop_on_signal,
         ],
     )
+    stop_on_signal = checkpoint.StopOnSignal(trainer.accelerator)
+    trainer.add_callback(stop_on_signal)
 
     # Only rank 0 talks to MLflow; the others train and evaluate (collectives) and skip the rest.
     is_main = trainer.is_world_process_zero()

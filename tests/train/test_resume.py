@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate import Accelerator
 from omegaconf import open_dict
 from safetensors.torch import load_file
 from transformers import TrainerControl, TrainerState, TrainingArguments
@@ -105,8 +106,8 @@ def test_a_resume_that_would_start_over_is_an_error(tmp_path):
 
 
 def test_sigint_asks_for_a_checkpoint_and_a_stop(tmp_path):
-    callback = StopOnSignal()
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    callback = StopOnSignal(Accelerator(cpu=True))
     state, control = TrainerState(global_step=3), TrainerControl()
     before = signal.getsignal(signal.SIGINT)
     callback.on_train_begin(args, state, control)
