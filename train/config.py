@@ -1,21 +1,27 @@
 """Structured-config schemas for `conf/train.yaml`, registered in Hydra's ConfigStore.
 
-The YAML files under `conf/` hold the values; these dataclasses hold the keys and types, so
-a misspelt key (`model.nmae_or_path=...`, `sft.learning_rat=...`) fails when Hydra composes
-the config, naming the key, instead of half-way into a run.
+The YAML files under `conf/` hold the values; these dataclasses hold the keys, types and
+choices, so a misspelt key (`model.nmae_or_path=...`, `sft.learning_rat=...`) or a value
+outside a choice (`peft=lora peft.method=lroa`, `data.on_error=ignore`) fails when Hydra
+composes the config, naming the key (and the allowed values), instead of half-way into a run.
+Choices are `StrEnum` fields: OmegaConf accepts a member's name, and the member compares
+equal to that string.
 
 The `sft` schema is not written by hand: it is generated from TRL's own `SFTConfig`
 dataclass, so every SFTConfig field of the installed TRL is a valid `sft.<field>` key with
-TRL's default, and nothing else is.
+TRL's default, and nothing else is; a field TRL types as one of its enums, or lists
+`choices` for, accepts only those values.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,6 +37,90 @@ from common.paths import PROJECT_ROOT, cache_dir
 SFT_KEYS_OWNED_BY_RECIPE = ("output_dir", "report_to", "logging_dir", "run_name")
 
 
+class AttnImplementation(StrEnum):
+    # transformers' attention implementations (`transformers.AttentionInterface` and eager).
+    auto = "auto"  # flash_attention_2 when installed on CUDA, else sdpa
+    eager = "eager"
+    sdpa = "sdpa"
+    flash_attention_2 = "flash_attention_2"
+    flash_attention_3 = "flash_attention_3"
+    flex_attention = "flex_attention"
+
+
+class Dtype(StrEnum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class ModelDtype(StrEnum):
+    auto = "auto"  # bfloat16 where the hardware supports it, else float32
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class PeftMethod(StrEnum):
+    none = "none"  # full fine-tune
+    lora = "lora"
+    qlora = "qlora"  # LoRA over a 4-bit base (CUDA only)
+    dora = "dora"
+
+
+class LoraBias(StrEnum):  # peft's LoraConfig.bias
+    none = "none"
+    all = "all"
+    lora_only = "lora_only"
+
+
+class QuantType(StrEnum):  # bitsandbytes' 4-bit data types
+    nf4 = "nf4"
+    fp4 = "fp4"
+
+
+class DataFormat(StrEnum):  # train.prepare.formats converts each to `messages`
+    messages = "messages"
+    sharegpt = "sharegpt"
+    alpaca = "alpaca"
+    prompt_completion = "prompt_completion"
+
+
+class OnError(StrEnum):
+    fail = "fail"  # stop at the first bad row, naming file and line
+    skip = "skip"  # list it in rejects.jsonl and go on
+
+
+class LengthPolicy(StrEnum):
+    truncate = "truncate"  # keep the whole turns that fit
+    drop = "drop"
+
+
+class TargetName(StrEnum):
+    local = "local"
+    azureml = "azureml"
+
+
+class ComputeTier(StrEnum):
+    dedicated = "dedicated"
+    low_priority = "low_priority"  # preemptible; the job resumes from checkpoints
+
+
+class JobIdentity(StrEnum):
+    user = "user"  # the job runs as you
+    managed = "managed"  # as the compute's managed identity
+
+
+class PeftSave(StrEnum):
+    merged = "merged"  # adapters folded into the base: servable as is
+    adapter = "adapter"
+
+
+class TrainingMethod(StrEnum):  # what a throughput figure was measured with
+    full = "full"
+    lora = "lora"  # dora counts as lora
+    qlora = "qlora"
+
+
 @dataclass
 class ModelConfig:
     # Hub id (microsoft/Phi-3.5-mini-instruct) or a local directory with the same layout.
@@ -41,9 +131,9 @@ class ModelConfig:
     trust_remote_code: bool = False
     # sdpa works everywhere; flash_attention_2 is used instead when installed and asked
     # for with `auto`; eager is what the seed recipe used (slowest, most memory).
-    attn_implementation: str = "auto"
+    attn_implementation: AttnImplementation = AttnImplementation.auto
     # auto: bfloat16 where the hardware supports it, else float32.
-    dtype: str = "auto"
+    dtype: ModelDtype = ModelDtype.auto
     # Pad token to use when the tokenizer has none, or has one equal to a stop token.
     pad_token: str = "<|pad|>"
     # Insert an empty system turn when a conversation has none (the seed recipe's
@@ -53,20 +143,19 @@ class ModelConfig:
 
 @dataclass
 class PeftConfig:
-    # none | lora | qlora | dora
-    method: str = "none"
+    method: PeftMethod = PeftMethod.none
     r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     # all-linear: every linear layer except the output head.
     target_modules: Any = "all-linear"
-    bias: str = "none"
+    bias: LoraBias = LoraBias.none
     use_rslora: bool = False
     # QLoRA only: 4-bit quantisation of the frozen base model.
     load_in_4bit: bool = False
-    bnb_4bit_quant_type: str = "nf4"
+    bnb_4bit_quant_type: QuantType = QuantType.nf4
     bnb_4bit_use_double_quant: bool = True
-    bnb_4bit_compute_dtype: str = "bfloat16"
+    bnb_4bit_compute_dtype: Dtype = Dtype.bfloat16
 
 
 @dataclass
@@ -81,16 +170,16 @@ class DataConfig:
     # Where the prepared files go; null: a cache folder named by a hash of the source content
     # and every setting below, so an unchanged dataset is prepared once.
     output_dir: str | None = None
-    # messages | sharegpt | alpaca | prompt_completion; null detects the format per row.
-    format: str | None = None
+    # null detects the format per row.
+    format: DataFormat | None = None
     # fail: stop at the first bad row, naming file and line. skip: list it in rejects.jsonl.
-    on_error: str = "fail"
+    on_error: OnError = OnError.fail
     # Drop exact duplicate conversations (counted in stats.json).
     dedupe: bool = False
     # Conversations longer than max_length tokens: truncate (keep the whole turns that fit)
     # or drop. Both are counted in stats.json and listed in rejects.jsonl when dropped.
     max_length: Optional[int] = "${sft.max_length}"  # noqa: UP045 - OmegaConf needs Optional
-    length_policy: str = "truncate"
+    length_policy: LengthPolicy = LengthPolicy.truncate
     # Hub datasets: config name and split expressions (`train_sft[:1%]`).
     hub_config: str | None = None
     split: str | None = None
@@ -119,7 +208,7 @@ class AzureComputeConfig:
     min_instances: int = 0
     max_instances: int = 1
     idle_time_before_scale_down: int = 120  # seconds
-    tier: str = "dedicated"  # dedicated | low_priority (preemptible; the job resumes from checkpoints)
+    tier: ComputeTier = ComputeTier.dedicated
     location: str | None = None  # null: the workspace's region
     # null | system_assigned | a user-assigned identity's resource id (what the nodes run as).
     identity: str | None = None
@@ -136,15 +225,15 @@ class AzureEnvironmentConfig:
 @dataclass
 class TargetConfig:
     # local: train in this process. azureml: submit the same config as an Azure ML command job.
-    name: str = "local"
+    name: TargetName = TargetName.local
     # Azure ML only (conf/target/azureml.yaml):
     workspace: WorkspaceSettings | None = None
     compute: AzureComputeConfig | None = None
     environment: AzureEnvironmentConfig | None = None
     instance_count: int = 1  # nodes; >1 or process_count_per_instance > 1 uses PyTorchDistribution
     process_count_per_instance: int = 1  # processes (GPUs) per node
-    # null: the job runs as the compute's identity | user: as you | managed: the compute's managed identity.
-    job_identity: str | None = None
+    # null: the job runs as the compute's identity.
+    job_identity: JobIdentity | None = None
     display_name: str | None = None
     dry_run: bool = False  # write the job/compute/environment YAML into the run dir, call nothing
     stream: bool = True  # stream the job's logs until it ends (false: submit and return)
@@ -161,7 +250,7 @@ class LoggerConfig:
     # Register it under this name (null: log only).
     registered_model_name: str | None = None
     # PEFT runs: merged (adapters folded into the base, servable as is) or adapter.
-    peft_save: str = "merged"
+    peft_save: PeftSave = PeftSave.merged
     # Extra tags on the run.
     tags: dict[str, str] = field(default_factory=dict)
 
@@ -174,9 +263,9 @@ class HardwareConfig:
     gpu_memory_gib: float = MISSING
     # Price of the whole machine (all its GPUs); null when it has no public hourly price.
     usd_per_hour: float | None = None
-    # Training throughput per GPU, by method (full | lora | qlora; dora counts as lora), for a
-    # model of `reference_params` parameters; other sizes scale by reference_params / params.
-    tokens_per_second: dict[str, float] = field(default_factory=dict)
+    # Training throughput per GPU, by method, for a model of `reference_params` parameters;
+    # other sizes scale by reference_params / params.
+    tokens_per_second: dict[TrainingMethod, float] = field(default_factory=dict)
     reference_params: float = 3.82e9
 
 
@@ -190,19 +279,34 @@ class PathsConfig:
     cache_dir: str = MISSING
 
 
-def _schema_type(tp: Any) -> Any:
-    """The closest type OmegaConf can validate; Any where it cannot."""
-    if tp in (int, float, bool, str):
-        return tp
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1 and args[0] in (int, float, bool, str):
-            return Optional[args[0]]  # noqa: UP045 - built at runtime for OmegaConf
-    return Any
+def _choices(name: str, values) -> type[StrEnum]:
+    """A StrEnum whose members are named by their values, the spelling configs and TRL use."""
+    return StrEnum(name, {str(v): str(v) for v in values})
 
 
-def _schema_default(f: dataclasses.Field) -> Any:
+def _schema_type(tp: Any, choices: list[str] | None, field_name: str) -> Any:
+    """The closest type OmegaConf can validate; Any where it cannot.
+
+    TRL types a choice as `SomeEnum | str` (values lower case, member names upper case, and
+    OmegaConf matches names) or as `str` with `choices` in the field's metadata: both become
+    a StrEnum of the values.
+    """
+    union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    args = [a for a in typing.get_args(tp) if a is not type(None)] if union else [tp]
+    optional = union and type(None) in typing.get_args(tp)
+    enums = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
+    if enums:
+        kind = _choices(enums[0].__name__, [m.value for m in enums[0]])
+    elif choices and args == [str]:
+        kind = _choices("".join(part.title() for part in field_name.split("_")), choices)
+    elif len(args) == 1 and args[0] in (int, float, bool, str):
+        kind = args[0]
+    else:
+        return Any
+    return Optional[kind] if optional else kind  # noqa: UP045 - built at runtime for OmegaConf
+
+
+def _schema_default(f: dataclasses.Field, kind: Any) -> Any:
     if f.default is not dataclasses.MISSING:
         value = f.default
     elif f.default_factory is not dataclasses.MISSING:
@@ -210,10 +314,12 @@ def _schema_default(f: dataclasses.Field) -> Any:
     else:
         return None
     if isinstance(value, enum.Enum):
-        return value.value
-    return value
+        value = value.value
+    enums = [a for a in (*typing.get_args(kind), kind) if isinstance(a, type) and issubclass(a, StrEnum)]
+    return enums[0](value) if enums and value is not None else value
 
 
+@functools.cache
 def sft_schema() -> type:
     """A dataclass with one field per `trl.SFTConfig` field, TRL's default as default."""
     from trl import SFTConfig
@@ -223,8 +329,8 @@ def sft_schema() -> type:
     for f in dataclasses.fields(SFTConfig):
         if not f.init or f.name.startswith("_") or f.name in SFT_KEYS_OWNED_BY_RECIPE:
             continue
-        default = _schema_default(f)
-        tp = _schema_type(hints.get(f.name, Any))
+        tp = _schema_type(hints.get(f.name, Any), list(f.metadata.get("choices", [])), f.name)
+        default = _schema_default(f, tp)
         if tp is not Any and default is not None and not isinstance(default, typing.get_args(tp) or tp):
             tp = Any
         if isinstance(default, (list, dict)):
@@ -234,37 +340,44 @@ def sft_schema() -> type:
     return dataclasses.make_dataclass("SFTSchema", fields)
 
 
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    task_name: str = "train"
+    seed: int = 0
+    # Set by +profile=NAME; recorded for logs and MLflow tags.
+    profile: str | None = None
+    # Names the run folder; the same on every rank and on a rerun (train/launch.py).
+    run_id: str = MISSING
+    # auto: continue from this run folder's newest complete checkpoint | none | PATH.
+    resume: str = "auto"
+    # Print memory, tokens, time and cost for this config, load no weights, train nothing.
+    estimate: bool = False
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    # accelerate config this profile is meant to be launched with (conf/accelerate/).
+    accelerate_config: str | None = None
+    # Print N prepared examples as the trainer sees them (trained tokens marked) before
+    # training; `python -m train.prepare preview=N` prints them without training.
+    preview: int = 0
+
+
 def make_train_schema() -> type:
+    """`TrainConfig` plus `sft`, typed by the schema generated from the installed TRL.
+
+    Made with `make_dataclass` because that schema is a class built at run time, which a
+    (postponed, string) annotation could not name; typed `Any`, the `sft` node could be
+    replaced by a value of any other type.
+    """
     SFTSchema = sft_schema()
-
-    @dataclass
-    class TrainConfig:
-        model: ModelConfig = field(default_factory=ModelConfig)
-        data: DataConfig = field(default_factory=DataConfig)
-        peft: PeftConfig = field(default_factory=PeftConfig)
-        sft: Any = field(default_factory=SFTSchema)
-        eval: EvalConfig = field(default_factory=EvalConfig)
-        target: TargetConfig = field(default_factory=TargetConfig)
-        logger: LoggerConfig = field(default_factory=LoggerConfig)
-        paths: PathsConfig = field(default_factory=PathsConfig)
-        task_name: str = "train"
-        seed: int = 0
-        # Set by +profile=NAME; recorded for logs and MLflow tags.
-        profile: str | None = None
-        # Names the run folder; the same on every rank and on a rerun (train/launch.py).
-        run_id: str = MISSING
-        # auto: continue from this run folder's newest complete checkpoint | none | PATH.
-        resume: str = "auto"
-        # Print memory, tokens, time and cost for this config, load no weights, train nothing.
-        estimate: bool = False
-        hardware: HardwareConfig = field(default_factory=HardwareConfig)
-        # accelerate config this profile is meant to be launched with (conf/accelerate/).
-        accelerate_config: str | None = None
-        # Print N prepared examples as the trainer sees them (trained tokens marked) before
-        # training; `python -m train.prepare preview=N` prints them without training.
-        preview: int = 0
-
-    return TrainConfig
+    return dataclasses.make_dataclass(
+        "TrainSchema", [("sft", SFTSchema, field(default_factory=SFTSchema))], bases=(TrainConfig,)
+    )
 
 
 def _bundled_eval_for(source: str) -> str | None:

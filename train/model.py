@@ -13,6 +13,8 @@ import logging
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from train.config import AttnImplementation, ModelDtype, PeftMethod
+
 log = logging.getLogger(__name__)
 
 
@@ -20,33 +22,26 @@ class ConfigError(ValueError):
     """A setting that cannot work; the message names the key and what to do."""
 
 
-def resolve_attn_implementation(requested: str) -> str:
+def resolve_attn_implementation(requested: AttnImplementation) -> str:
     """`auto` means flash_attention_2 when installed on CUDA, else sdpa; never eager."""
-    if requested != "auto":
-        return requested
+    if requested != AttnImplementation.auto:
+        return str(requested)
     if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     return "sdpa"
 
 
-def resolve_dtype(requested: str) -> torch.dtype:
-    if requested == "auto":
+def resolve_dtype(requested: ModelDtype) -> torch.dtype:
+    if requested == ModelDtype.auto:
         if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    try:
-        return getattr(torch, requested)
-    except AttributeError:
-        raise ConfigError(
-            f"model.dtype={requested!r} is not a torch dtype (auto, bfloat16, float32, ...)"
-        ) from None
+    return getattr(torch, requested)
 
 
 def check_peft_hardware(peft_cfg) -> None:
     """Fail before anything large is loaded when the PEFT method cannot run here."""
-    if peft_cfg.method not in ("none", "lora", "qlora", "dora"):
-        raise ConfigError(f"peft={peft_cfg.method!r} is not one of none, lora, qlora, dora")
-    if (peft_cfg.method == "qlora" or peft_cfg.load_in_4bit) and not torch.cuda.is_available():
+    if (peft_cfg.method == PeftMethod.qlora or peft_cfg.load_in_4bit) and not torch.cuda.is_available():
         raise ConfigError(
             "peft=qlora quantises the base model to 4 bits with bitsandbytes, which needs a "
             "CUDA GPU and none is visible here. Use peft=lora (or peft=none) on this machine, "
@@ -76,7 +71,7 @@ def load_tokenizer(model_cfg) -> PreTrainedTokenizerBase:
 
 
 def quantization_config(peft_cfg):
-    if not (peft_cfg.method == "qlora" or peft_cfg.load_in_4bit):
+    if not (peft_cfg.method == PeftMethod.qlora or peft_cfg.load_in_4bit):
         return None
     from transformers import BitsAndBytesConfig
 
@@ -111,7 +106,7 @@ def load_model(model_cfg, peft_cfg, tokenizer: PreTrainedTokenizerBase):
 
 def lora_config(peft_cfg):
     """peft's LoraConfig for lora/qlora/dora; None for a full fine-tune."""
-    if peft_cfg.method == "none":
+    if peft_cfg.method == PeftMethod.none:
         return None
     from peft import LoraConfig
 
@@ -123,6 +118,6 @@ def lora_config(peft_cfg):
         target_modules=target if isinstance(target, str) else list(target),
         bias=peft_cfg.bias,
         use_rslora=peft_cfg.use_rslora,
-        use_dora=peft_cfg.method == "dora",
+        use_dora=peft_cfg.method == PeftMethod.dora,
         task_type="CAUSAL_LM",
     )

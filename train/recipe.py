@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 
 def sft_args(cfg: DictConfig) -> SFTConfig:
-    kwargs = OmegaConf.to_container(cfg.sft, resolve=True)
+    kwargs = OmegaConf.to_container(cfg.sft, resolve=True, enum_to_str=True)
     return SFTConfig(
         output_dir=str(Path(cfg.paths.output_dir) / "checkpoints"),
         report_to="none",  # MLflow is attached explicitly below
@@ -56,7 +56,7 @@ def sft_defaults() -> dict:
     """TRL's defaults for every sft key (to log only what a config changes)."""
     from train.config import sft_schema
 
-    return OmegaConf.to_container(OmegaConf.structured(sft_schema()))
+    return OmegaConf.to_container(OmegaConf.structured(sft_schema()), enum_to_str=True)
 
 
 def _overrides(cfg: DictConfig) -> str:

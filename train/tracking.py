@@ -61,7 +61,7 @@ def start_experiment(logger_cfg, artifact_root: Path) -> str:
 def flatten_params(cfg: DictConfig, sft_defaults: dict) -> dict[str, str]:
     """The run's params: every model/data/peft/eval key, and the sft keys that differ
     from TRL's defaults (the full resolved config is logged as an artifact)."""
-    container = OmegaConf.to_container(cfg, resolve=True)
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     params: dict[str, str] = {"seed": str(cfg.seed), "profile": str(cfg.get("profile"))}
     for group in ("model", "data", "peft", "eval"):
         for key, value in container[group].items():

@@ -162,8 +162,6 @@ class RecordingOperations:
         (["+profile=a100", "target/compute=e16s_v3"], "Standard_E16s_v3 .* has no GPU .*sft.bf16"),
         (["target.process_count_per_instance=2"], "process_count_per_instance=2 .* 1 GPU"),
         (["target.instance_count=2"], "instance_count=2 exceeds target.compute.max_instances=1"),
-        (["target.compute.tier=spot"], "tier='spot'"),
-        (["target.job_identity=root"], "job_identity='root'"),
         (["model.name_or_path=/no/such/model"], "model.name_or_path=/no/such/model"),
     ],
 )

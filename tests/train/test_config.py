@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError
 
 from common.paths import PROJECT_ROOT
+from train.config import AttnImplementation, OnError, PeftMethod
 
 CONF = PROJECT_ROOT / "conf"
 
@@ -83,6 +86,51 @@ def test_sft_field_from_an_older_trl_is_rejected(compose_train):
     with pytest.raises((ConfigCompositionException, ConfigKeyError)) as err:
         compose_train("sft.warmup_ratio=0.1")
     assert "warmup_ratio" in str(err.value) + str(err.value.__cause__)
+
+
+@pytest.mark.parametrize(
+    "overrides,allowed",
+    [
+        (["peft.method=lroa"], "[none, lora, qlora, dora]"),
+        (["model.attn_implementation=flash"], "eager, sdpa, flash_attention_2"),
+        (["model.dtype=bf16"], "[auto, float32, bfloat16, float16]"),
+        (["data.format=jsonl"], "[messages, sharegpt, alpaca, prompt_completion]"),
+        (["data.on_error=ignore"], "[fail, skip]"),
+        (["data.length_policy=cut"], "[truncate, drop]"),
+        (["logger.peft_save=both"], "[merged, adapter]"),
+        (["target.name=aml"], "[local, azureml]"),
+        (["target=azureml", "target.compute.tier=spot"], "[dedicated, low_priority]"),
+        (["target=azureml", "target.workspace.credential=cli"], "[default, azure_cli]"),
+        (["target=azureml", "target.job_identity=root"], "[user, managed]"),
+        (["hardware.tokens_per_second.lroa=100"], "[full, lora, qlora]"),
+        # TRL's own choices: its enums (transformers' SchedulerType) and `choices` metadata.
+        (["sft.lr_scheduler_type=cosin"], "cosine, cosine_with_restarts"),
+        (["sft.packing_strategy=bdf"], "[bfd, bfd_split, wrapped]"),
+    ],
+)
+def test_a_value_outside_a_choice_fails_at_compose_time_naming_key_and_choices(
+    compose_train, overrides, allowed
+):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_train(*overrides)
+    message = str(err.value) + str(err.value.__cause__)
+    assert overrides[-1] in message and allowed in message
+
+
+def test_choices_are_read_as_their_enum_and_compare_equal_to_the_yaml_spelling(compose_train):
+    cfg = compose_train("+profile=24gb", "sft.optim=adamw_torch", "data.on_error=skip")
+    assert cfg.peft.method is PeftMethod.qlora and cfg.peft.method == "qlora"
+    assert cfg.data.on_error is OnError.skip and f"{cfg.data.on_error}" == "skip"
+    assert cfg.sft.optim == "adamw_torch" and isinstance(cfg.sft.optim, enum.Enum)
+    # Where a plain string is needed (SFTConfig kwargs, MLflow params), the YAML spelling comes out.
+    assert OmegaConf.to_container(cfg.sft, enum_to_str=True)["optim"] == "adamw_torch"
+
+
+def test_attention_choices_are_implementations_transformers_knows():
+    from transformers import AttentionInterface
+
+    known = set(AttentionInterface().valid_keys()) | {"eager"}  # eager is the models' own code
+    assert {str(a) for a in AttnImplementation} - {"auto"} <= known
 
 
 def test_wrong_type_fails_at_compose_time(compose_train):

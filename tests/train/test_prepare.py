@@ -487,8 +487,8 @@ def test_outputs_and_stats_file(tmp_path):
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        ({"on_error": "ignore"}, "on_error"),
-        ({"format": "csv"}, "unknown format"),
+        ({"on_error": "ignore"}, "not a valid OnError"),
+        ({"format": "csv"}, "not a valid DataFormat"),
         ({"test_size": 0}, "test_size"),
     ],
 )

@@ -12,8 +12,6 @@ from azure.ai.ml.entities import AmlCompute, IdentityConfiguration, ManagedIdent
 
 log = logging.getLogger(__name__)
 
-TIERS = ("dedicated", "low_priority")
-
 
 class ComputeError(ValueError):
     """The compute config or the workspace's cluster does not fit this job."""
@@ -36,8 +34,6 @@ def _identity(identity: str | None) -> IdentityConfiguration | None:
 
 
 def compute_entity(compute_cfg) -> AmlCompute:
-    if compute_cfg.tier not in TIERS:
-        raise ComputeError(f"target.compute.tier={compute_cfg.tier!r}: use one of {', '.join(TIERS)}")
     if not 0 <= compute_cfg.min_instances <= compute_cfg.max_instances:
         raise ComputeError(
             f"target.compute: need 0 <= min_instances ({compute_cfg.min_instances}) <= "

@@ -28,13 +28,13 @@ from azure.ai.ml.entities import ManagedIdentityConfiguration, UserIdentityConfi
 from omegaconf import OmegaConf
 
 from common.paths import PROJECT_ROOT
+from train.config import JobIdentity
 
 RUN_OUTPUT = "run"  # the job output holding the run folder
 JOB_RUN_ID = "azureml"  # the run folder's name inside that output: fixed, so a rerun resumes
 # Overrides that describe this side of the submission, not the training run.
 LOCAL_ONLY_KEYS = ("target", "paths", "hydra", "run_id", "resume", "estimate")
 REMOTE_PREFIXES = ("azureml:", "azureml://", "https://", "http://", "wasbs://", "abfss://", "adl://")
-JOB_IDENTITIES = ("user", "managed")
 
 
 class JobConfigError(ValueError):
@@ -169,12 +169,10 @@ def write_code_snapshot(out_dir: Path) -> Path:
     return out_dir
 
 
-def _identity(kind: str | None):
+def _identity(kind: JobIdentity | None):
     if kind is None:
         return None
-    if kind not in JOB_IDENTITIES:
-        raise JobConfigError(f"target.job_identity={kind!r}: use null, {' or '.join(JOB_IDENTITIES)}")
-    return UserIdentityConfiguration() if kind == "user" else ManagedIdentityConfiguration()
+    return UserIdentityConfiguration() if kind == JobIdentity.user else ManagedIdentityConfiguration()
 
 
 def build_job(

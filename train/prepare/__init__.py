@@ -12,12 +12,11 @@ DIR/train.jsonl and DIR/test.jsonl in ultrachat's `messages` schema plus stats a
 - `preview`: examples as the trainer sees them, trained tokens marked.
 """
 
-from train.prepare.pipeline import LENGTH_POLICIES, PrepareStats, prepare, split
+from train.prepare.pipeline import PrepareStats, prepare, split
 from train.prepare.sources import SUFFIXES, DataError, Source, read_rows
 from train.prepare.tokens import ChatTokenizer
 
 __all__ = [
-    "LENGTH_POLICIES",
     "SUFFIXES",
     "ChatTokenizer",
     "DataError",

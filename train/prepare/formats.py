@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion")
+from train.config import DataFormat
+
 ROLES = ("system", "user", "assistant")
 # ShareGPT speakers; "user"/"assistant" appear in some exports instead of "human"/"gpt".
 SHAREGPT_ROLES = {
@@ -25,10 +26,10 @@ SHAREGPT_ROLES = {
 # Keys that identify a format, checked in this order: ultrachat rows carry both `prompt` and
 # `messages`, and must count as `messages`.
 _DETECT = (
-    ("messages", ("messages",)),
-    ("sharegpt", ("conversations",)),
-    ("alpaca", ("instruction", "output")),
-    ("prompt_completion", ("prompt", "completion")),
+    (DataFormat.messages, ("messages",)),
+    (DataFormat.sharegpt, ("conversations",)),
+    (DataFormat.alpaca, ("instruction", "output")),
+    (DataFormat.prompt_completion, ("prompt", "completion")),
 )
 
 Messages = list[dict[str, str]]
@@ -38,22 +39,21 @@ class RowError(ValueError):
     """One record that cannot be used; the message is the reason, without its location."""
 
 
-def detect_format(record: Any) -> str:
+def detect_format(record: Any) -> DataFormat:
     """The record's format from its keys (see `_DETECT` for the precedence)."""
     _require_object(record)
     for name, keys in _DETECT:
         if any(key in record for key in keys):
             return name
     seen = ", ".join(sorted(map(str, record))) or "none"
-    raise RowError(f"no known format ({', '.join(FORMATS)}) matches the keys: {seen}")
+    raise RowError(f"no known format ({', '.join(DataFormat)}) matches the keys: {seen}")
 
 
-def to_messages(record: Any, format: str | None = None) -> Messages:
+def to_messages(record: Any, format: DataFormat | str | None = None) -> Messages:
     """The record as a validated `messages` list; `format` overrides auto-detection."""
-    if format is not None and format not in FORMATS:
-        raise ValueError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
+    forced = DataFormat(format) if format is not None else None  # ValueError for an unknown name
     _require_object(record)
-    name = format or detect_format(record)
+    name = forced or detect_format(record)
     messages = _CONVERTERS[name](record)
     if not any(m["role"] == "assistant" for m in messages):
         raise RowError("no assistant turn")
@@ -149,8 +149,8 @@ def _from_prompt_completion(record: dict) -> Messages:
 
 
 _CONVERTERS = {
-    "messages": _from_messages,
-    "sharegpt": _from_sharegpt,
-    "alpaca": _from_alpaca,
-    "prompt_completion": _from_prompt_completion,
+    DataFormat.messages: _from_messages,
+    DataFormat.sharegpt: _from_sharegpt,
+    DataFormat.alpaca: _from_alpaca,
+    DataFormat.prompt_completion: _from_prompt_completion,
 }

@@ -28,14 +28,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from train.prepare.formats import FORMATS, Messages, RowError, detect_format, to_messages
+from train.config import DataFormat, LengthPolicy, OnError
+from train.prepare.formats import Messages, RowError, detect_format, to_messages
 from train.prepare.sources import DataError, OpenedSource, Source
 from train.prepare.tokens import IGNORE_INDEX, ChatTokenizer
 
 log = logging.getLogger(__name__)
 
 SKIP_HINT = "set data.on_error=skip to skip bad rows and list them in rejects.jsonl"
-LENGTH_POLICIES = ("truncate", "drop")
 
 
 @dataclass
@@ -52,7 +52,7 @@ class PrepareStats:
     turns: int = 0  # messages in the kept rows
     # Length policy (only with a tokenizer and max_length).
     max_length: int | None = None
-    length_policy: str | None = None
+    length_policy: LengthPolicy | None = None
     over_max_length: int = 0  # conversations longer than max_length, before the policy
     truncated_turns: int = 0  # shortened to the longest run of whole turns that fits
     cut_at_max_length: int = 0  # first exchange alone too long: its tokens are cut at max_length
@@ -80,15 +80,15 @@ def prepare(
     source: str | Path | Source | OpenedSource,
     output_dir: str | Path,
     *,
-    format: str | None = None,
-    on_error: str = "fail",
+    format: DataFormat | str | None = None,
+    on_error: OnError | str = OnError.fail,
     test_size: float = 0.2,
     eval_source: str | Path | Source | OpenedSource | None = None,
     seed: int = 0,
     dedupe: bool = False,
     tokenizer: ChatTokenizer | None = None,
     max_length: int | None = None,
-    length_policy: str = "truncate",
+    length_policy: LengthPolicy | str = LengthPolicy.truncate,
 ) -> PrepareStats:
     """Validate `source`, convert it to `messages`, apply the length policy, split, and write.
 
@@ -101,14 +101,11 @@ def prepare(
     Raises DataError for a bad row (when on_error="fail"), an empty source, or a source with
     nothing left to train on.
     """
-    if on_error not in ("fail", "skip"):
-        raise ValueError(f"on_error must be 'fail' or 'skip', not {on_error!r}")
-    if format is not None and format not in FORMATS:
-        raise ValueError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
+    # A name that is not a member raises ValueError ("'ignore' is not a valid OnError").
+    on_error, length_policy = OnError(on_error), LengthPolicy(length_policy)
+    format = DataFormat(format) if format is not None else None
     if eval_source is None and not 0 < test_size < 1:
         raise ValueError(f"test_size must be between 0 and 1 (exclusive), not {test_size}")
-    if length_policy not in LENGTH_POLICIES:
-        raise ValueError(f"length_policy must be one of {', '.join(LENGTH_POLICIES)}, not {length_policy!r}")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     stats = PrepareStats()
@@ -164,7 +161,11 @@ def prepare(
 
 
 def _validate(
-    source: OpenedSource, format: str | None, on_error: str, stats: PrepareStats, rejects: list[dict]
+    source: OpenedSource,
+    format: DataFormat | None,
+    on_error: OnError,
+    stats: PrepareStats,
+    rejects: list[dict],
 ) -> list[Item]:
     """The source's valid conversations; bad rows raise (fail) or are appended to `rejects` (skip)."""
     items = []
@@ -177,7 +178,7 @@ def _validate(
             name = format or detect_format(row.record)
             items.append(Item({"source": row.path, row.unit: row.number}, to_messages(row.record, name)))
         except RowError as e:
-            if on_error == "fail":
+            if on_error == OnError.fail:
                 raise DataError(f"{row.location}: {e} ({SKIP_HINT})") from None
             rejects.append({"source": row.path, row.unit: row.number, "reason": str(e), "raw": row.raw})
             continue
@@ -203,7 +204,7 @@ def _tokenize(
     items: list[Item],
     tokenizer: ChatTokenizer,
     max_length: int | None,
-    policy: str,
+    policy: LengthPolicy,
     stats: PrepareStats,
     rejects: list[dict],
 ) -> list[Item]:
@@ -230,10 +231,10 @@ def _tokenize(
 
 
 def _fit(
-    item: Item, tokenizer: ChatTokenizer, max_length: int, policy: str, stats: PrepareStats
+    item: Item, tokenizer: ChatTokenizer, max_length: int, policy: LengthPolicy, stats: PrepareStats
 ) -> tuple[Item | None, str]:
     """The conversation made to fit, or None and why it could not be."""
-    if policy == "drop":
+    if policy == LengthPolicy.drop:
         return None, "dropped (data.length_policy=drop)"
     messages = item.messages
     # The longest run of whole turns that ends with an assistant reply and fits: every token of
