@@ -10,8 +10,9 @@ from tests.conftest import QUICK_TRAIN, run_module
 pytestmark = pytest.mark.slow
 
 
-def train_cli(*args, tmp_path):
-    return run_module("train", *args, f"paths.output_root={tmp_path}/outputs")
+def train_cli(*overrides, tmp_path, flags=()):
+    # Hydra reads the overrides as one run of arguments: flags (--cfg job) go after them.
+    return run_module("train", *overrides, f"paths.output_root={tmp_path}/outputs", *flags)
 
 
 def test_multirun_gives_one_run_dir_and_one_mlflow_run_per_point(tmp_path):
@@ -32,10 +33,41 @@ def test_unknown_profile_is_named_with_the_available_ones(tmp_path):
     assert "a1000" in result.stderr and "a100" in result.stderr and "24gb" in result.stderr
 
 
-def test_misspelt_key_is_named(tmp_path):
-    result = train_cli("sft.learning_rat=1e-3", tmp_path=tmp_path)
+JOB = ("--cfg", "job")  # print the composed config
+
+
+@pytest.mark.parametrize(
+    "misspelt,overrides,flags",
+    [
+        ("sft.learning_rat", ["sft.learning_rat=1"], JOB),
+        # Hydra's error for the line above suggests `+sft.learning_rat=1`; `+` and `++` add keys past
+        # the schema, which once composed, was priced, and died in SFTConfig(...) 9 s into a run.
+        ("sft.learning_rat", ["+sft.learning_rat=1"], JOB),
+        ("sft.learning_rat", ["++sft.learning_rat=1"], JOB),
+        ("sft.learning_rat", ["+sft.learning_rat=1", "estimate=true"], ()),
+        ("sft.learning_rat", ["++sft.learning_rat=1", *QUICK_TRAIN], ()),
+        ("model.nmae_or_path", ["+model.nmae_or_path=x"], JOB),
+        ("estimat", ["+estimat=true"], JOB),
+        ("target.compute.sise", ["target=azureml", "target.dry_run=true", "+target.compute.sise=NC6"], ()),
+    ],
+)
+def test_misspelt_key_fails_before_anything_runs_in_every_form(tmp_path, misspelt, overrides, flags):
+    result = train_cli(*overrides, tmp_path=tmp_path, flags=flags)
     assert result.returncode != 0
-    assert "learning_rat" in result.stderr
+    assert misspelt in result.stderr
+    assert not (tmp_path / "outputs").exists()  # no run folder, nothing tracked
+
+
+def test_plus_still_adds_to_open_dicts_and_sets_declared_keys(tmp_path):
+    result = train_cli("+logger.tags.team=nlp", "++sft.learning_rate=0.1", tmp_path=tmp_path, flags=JOB)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "team: nlp" in result.stdout and "learning_rate: 0.1" in result.stdout
+
+
+def test_prepare_command_checks_added_keys_too(tmp_path):
+    result = run_module("train.prepare", "+data.sourc=chats.jsonl", f"paths.output_root={tmp_path}/outputs")
+    assert result.returncode != 0 and "Could not add 'data.sourc'" in result.stderr
+    assert "Did you mean 'data.source'?" in result.stderr
 
 
 def test_prepare_command_names_the_bad_row_and_writes_nothing_trainable(tmp_path):

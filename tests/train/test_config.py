@@ -81,6 +81,37 @@ def test_misspelt_key_fails_naming_it(compose_train, key):
     assert key.split(".")[1] in str(err.value) + str(err.value.__cause__)
 
 
+@pytest.mark.parametrize(
+    "overrides,named",
+    [
+        (["+sft.learning_rat=1"], "has no key 'learning_rat'. Did you mean 'sft.learning_rate'?"),
+        (["++sft.learning_rat=1"], "has no key 'learning_rat'"),
+        (["+peft.rank=8"], "has no key 'rank'"),
+        (["target=azureml", "+target.compute.sise=x"], "has no key 'sise'"),
+        (["+estimat=true"], "Did you mean 'estimate'?"),
+        (["+hardware.tokens_per_second.lroa=1"], "valid: [full, lora, qlora]"),  # an enum-keyed dict
+    ],
+)
+def test_a_key_added_with_plus_must_be_declared(compose_train, overrides, named):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_train(*overrides)
+    assert named in str(err.value) + str(err.value.__cause__)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["+logger.tags.team=nlp"],  # an open dict: what `+` is for
+        ["++hardware.tokens_per_second.lora=900"],
+        ["++sft.learning_rate=0.1"],
+        ["target=azureml", "++target.compute.location=westeurope"],
+        ["+profile=a100"],  # a config group, left to Hydra
+    ],
+)
+def test_declared_keys_open_dicts_and_groups_can_still_be_added(compose_train, overrides):
+    compose_train(*overrides)
+
+
 def test_sft_field_from_an_older_trl_is_rejected(compose_train):
     # transformers 5 removed warmup_ratio; the schema follows the installed TRL.
     with pytest.raises((ConfigCompositionException, ConfigKeyError)) as err:
