@@ -39,11 +39,11 @@ _STEP = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 
 class TrainingInterrupted(SystemExit):
-    """Training stopped on a signal after saving `checkpoint`; exits with EXIT_INTERRUPTED."""
+    """Training stopped on a signal at `step`, after saving a checkpoint; exits with EXIT_INTERRUPTED."""
 
-    def __init__(self, checkpoint: Path | None, step: int):
+    def __init__(self, step: int):
         super().__init__(EXIT_INTERRUPTED)
-        self.checkpoint, self.step = checkpoint, step
+        self.step = step
 
 
 def checkpoint_step(path: Path) -> int | None:
@@ -61,6 +61,12 @@ def is_complete(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return state.get("global_step") == step
+
+
+def saved_at(checkpoints_dir: Path, step: int) -> Path | None:
+    """The complete checkpoint of `step` in `checkpoints_dir`, or None."""
+    path = checkpoints_dir / f"{PREFIX_CHECKPOINT_DIR}-{step}"
+    return path if is_complete(path) else None
 
 
 def complete_checkpoints(checkpoints_dir: Path) -> list[Path]:

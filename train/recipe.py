@@ -1,21 +1,37 @@
 """The SFT recipe: one TRL SFTTrainer run, tracked and registered in MLflow.
 
+`run(cfg)` is a list of stages, each a small function below, read top to bottom:
+
+1. `set_up`: checks that need no download, seed, run folder, resume point, tokenizer, data
+   (prepared once per node), model and `SFTTrainer`; on every rank.
+2. `track`: rank 0 opens the MLflow run (continuing this run folder's run on a resume; a child of
+   the sweep's parent run in a sweep) and logs tags, params, the resolved config, the chat
+   template and the data's stats; on a signal it marks the run KILLED.
+3. `answer_held_out`: greedy answers to held-out prompts, exact match (rank 0; before and after).
+4. `train`: `trainer.train`, `trainer.evaluate`, and with sharded weights the gathered save;
+   every rank, in step. The other ranks run only this stage and return its metrics.
+5. `log_results`, `log_and_register`: metrics, answers and loss curve; the model as an MLflow
+   `llm/v1/chat` model, registered and tagged (rank 0).
+6. `summarize`: summary.json and the printed summary (rank 0).
+
 Features and the keys that control them:
 - model: hub id or local directory (`model.name_or_path`), attention (`model.attn_implementation`:
   auto = flash_attention_2 if installed, else sdpa), dtype, a dedicated pad token.
 - data: ultrachat-style `messages` from local files or the hub (`data=...`), with an empty
   system turn added where missing (`model.add_empty_system_turn`).
 - adapters: `peft=none|lora|qlora|dora` and `peft.<field>`; QLoRA refuses to start
-  without CUDA before loading anything.
+  without CUDA before loading anything; `logger.peft_save=merged|adapter`.
 - training: every TRL `SFTConfig` field as `sft.<field>` (packing, assistant_only_loss,
   gradient_checkpointing, bf16, eval_strategy, ...).
 - tracking: params (bounded for Azure ML), metrics, resolved config, chat template,
-  loss curve, held-out answers, and the model as an MLflow `llm/v1/chat` model,
-  registered under `logger.registered_model_name` and tagged with git sha, overrides,
-  data hash and eval metrics. Only rank 0 talks to MLflow; a sweep point is a child run
-  of the sweep's parent run (`train.sweep`).
+  loss curve, held-out answers (`eval.generate_samples`), and the model as an MLflow
+  `llm/v1/chat` model, registered under `logger.registered_model_name` and tagged with git
+  sha, overrides, data hash and eval metrics. Only rank 0 talks to MLflow (`train.sweep`
+  for sweeps).
 - scale-out: unchanged under `torchrun` / `accelerate launch` (DDP, FSDP, DeepSpeed through
-  `conf/accelerate/`); every rank uses the same run folder (`train.launch`).
+  `conf/accelerate/`); every rank uses the same run folder (`train.launch`). With FSDP or
+  ZeRO-3 no rank holds the whole model: held-out answers are skipped and the logged model is
+  the one all ranks gather into `<run dir>/final_model`.
 - checkpoints: `sft.save_steps`/`save_total_limit`, `resume=auto|none|PATH`, and a checkpoint
   plus exit status 75 on SIGTERM/SIGINT (`train.checkpoint`).
 """
@@ -27,26 +43,215 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+from datasets import DatasetDict
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from transformers import set_seed
+from transformers import PreTrainedTokenizerBase, set_seed
 from trl import SFTConfig, SFTTrainer
 
 from train import checkpoint, data, evaluate, launch, model, sweep, tracking
+from train.config import PeftMethod, PeftSave, sft_schema
 from train.prepare import preview
 
 log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Fine-tune `cfg.model` on `cfg.data`; return the final metrics (on every rank)."""
+    setup = set_up(cfg)
+    if not setup.trainer.is_world_process_zero():
+        return train(cfg, setup)  # the collectives of training, evaluation and the sharded save
+    with track(cfg, setup) as mlflow_run:
+        before, _ = answer_held_out(cfg, setup, "before")
+        trained = train(cfg, setup)
+        after, answers = answer_held_out(cfg, setup, "after")
+        metrics = before | trained | after
+        log_results(setup, metrics, answers)
+        version = log_and_register(cfg, setup, metrics, mlflow_run.info.run_id)
+    return summarize(setup, metrics, mlflow_run.info.run_id, version)
+
+
+@dataclass
+class Setup:
+    """What the stages share, built by `set_up` on every rank."""
+
+    trainer: SFTTrainer
+    tokenizer: PreTrainedTokenizerBase
+    splits: DatasetDict
+    prepared: data.PreparedData
+    output_dir: Path
+    resume_from: Path | None
+    stop_on_signal: checkpoint.StopOnSignal
+    sharded: bool  # FSDP or ZeRO-3: no rank holds the whole model
+
+    @property
+    def gathered_dir(self) -> Path:
+        return self.output_dir / "final_model"
+
+
+def set_up(cfg: DictConfig) -> Setup:
+    """Everything before the first step; what can fail without a download fails first."""
+    model.check_peft_hardware(cfg.peft)  # before anything is written or loaded
+    set_seed(cfg.seed)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    args = sft_args(cfg)
+    if launch.world_size() != args.world_size:
+        raise model.ConfigError(
+            f"{launch.world_size()} processes were launched but the trainer sees {args.world_size}: every "
+            "rank would act as rank 0. Without CUDA, multi-process training needs sft.use_cpu=true "
+            "(+profile=cpu) for the gloo backend."
+        )
+    resume_from = checkpoint.find_resume_checkpoint(cfg.resume, Path(args.output_dir))
+    tokenizer = model.load_tokenizer(cfg.model)
+    with args.main_process_first(desc="preparing data"):  # one rank per node writes the files
+        splits, prepared = data.load_splits(cfg, tokenizer)
+    if cfg.preview:
+        print(preview.render(cfg, tokenizer, prepared, cfg.preview))
+    trainer = SFTTrainer(
+        model=model.load_model(cfg.model, cfg.peft, tokenizer),
+        args=args,
+        train_dataset=splits["train"],
+        eval_dataset=splits["test"],
+        processing_class=tokenizer,
+        peft_config=model.lora_config(cfg.peft),
+        callbacks=[tracking.MetricsOnlyMLflowCallback(), checkpoint.ResumeGuard(resume_from)],
+    )
+    stop_on_signal = checkpoint.StopOnSignal(trainer.accelerator)
+    trainer.add_callback(stop_on_signal)
+    return Setup(
+        trainer,
+        tokenizer,
+        splits,
+        prepared,
+        output_dir,
+        resume_from,
+        stop_on_signal,
+        _weights_sharded(trainer),
+    )
+
+
+@contextlib.contextmanager
+def track(cfg: DictConfig, setup: Setup) -> Iterator[mlflow.ActiveRun]:
+    """Rank 0's MLflow run around the stages after set-up, with the run's settings logged.
+
+    Stopped by a signal, the run is tagged with the step and marked KILLED; the rerun that
+    resumes from the checkpoint continues it.
+    """
+    mlflow_run, continued = _mlflow_run(cfg, setup.output_dir, setup.resume_from)
+    with mlflow_run:
+        _log_settings(cfg, setup, continued)
+        try:
+            yield mlflow_run
+        except checkpoint.TrainingInterrupted as stop:
+            saved = checkpoint.saved_at(Path(setup.trainer.args.output_dir), stop.step)
+            log.warning(
+                "stopped at step %d; checkpoint %s; rerun the same command to resume", stop.step, saved
+            )
+            mlflow.set_tag("interrupted_at_step", str(stop.step))
+            mlflow.end_run(status="KILLED")
+            raise
+
+
+def answer_held_out(cfg: DictConfig, setup: Setup, when: str) -> tuple[dict[str, float], list[dict]]:
+    """Exact match of greedy answers to the first `eval.generate_samples` held-out prompts, and
+    the answers. Rank 0 alone generates, so with sharded weights (which would need every rank)
+    this is skipped."""
+    n = 0 if setup.sharded else cfg.eval.generate_samples
+    if not n:
+        return {}, []
+    log.info("answering %d held-out prompts %s training", n, when)
+    score, answers = evaluate.exact_match_eval(
+        setup.trainer.model, setup.tokenizer, setup.splits["test"]["messages"], n, cfg.eval.max_new_tokens
+    )
+    return {f"exact_match_{when}": score}, answers
+
+
+def train(cfg: DictConfig, setup: Setup) -> dict[str, float]:
+    """Train (from the resume checkpoint, if any) and evaluate the loss; every rank, in step.
+
+    A signal ends training with a checkpoint and raises `TrainingInterrupted` (exit status 75).
+    """
+    trainer = setup.trainer
+    trainer.accelerator.wait_for_everyone()  # rank 0 may still be answering held-out prompts
+    log.info("training")
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(setup.resume_from) if setup.resume_from else None)
+    if setup.stop_on_signal.interrupted:
+        raise checkpoint.TrainingInterrupted(trainer.state.global_step)
+    metrics = {k: float(v) for k, v in result.metrics.items()}
+    metrics["train_wall_seconds"] = time.perf_counter() - started
+    metrics |= {k: float(v) for k, v in trainer.evaluate().items()}
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    if losses:  # a resume at the last step trains (and logs) nothing new
+        metrics["train_loss_first"], metrics["train_loss_last"] = losses[0], losses[-1]
+    if setup.sharded and cfg.logger.log_model:
+        # No rank holds the whole model: all ranks gather it into one ordinary checkpoint
+        # (FSDP FULL_STATE_DICT, ZeRO-3 16-bit weights), which rank 0 reads back to log.
+        trainer.save_model(str(setup.gathered_dir))
+    return metrics
+
+
+def log_results(setup: Setup, metrics: dict[str, float], answers: list[dict]) -> None:
+    """The final metrics, the held-out answers as a table and the loss curve."""
+    if answers:
+        mlflow.log_table(
+            {k: [a[k] for a in answers] for k in ("prompt", "reference", "answer")}, "eval/answers.json"
+        )
+    mlflow.log_metrics(metrics)
+    curve = tracking.log_loss_curve(setup.trainer.state.log_history, setup.output_dir / "loss_curve.png")
+    mlflow.log_artifact(str(curve))
+
+
+def log_and_register(cfg: DictConfig, setup: Setup, metrics: dict[str, float], run_id: str):
+    """The trained model as an MLflow `llm/v1/chat` model, registered and tagged; the registered
+    ModelVersion, or None when `logger.log_model` is off or registration is."""
+    if not cfg.logger.log_model:
+        return None
+    final = _read_back(setup.gathered_dir, cfg) if setup.sharded else setup.trainer.model
+    with_peft = cfg.peft.method != PeftMethod.none
+    if with_peft and cfg.logger.peft_save == PeftSave.merged:
+        final = final.merge_and_unload()
+    final.config.use_cache = True  # gradient checkpointing turned it off
+    tags = {
+        "git_sha": tracking.git_sha(Path(cfg.paths.root_dir)),
+        "hydra_overrides": _overrides(cfg),
+        "data_hash": data.data_fingerprint(setup.splits),
+        "mlflow_run_id": run_id,
+        **{k: f"{v:.6g}" for k, v in metrics.items() if k.startswith(("eval_", "exact_match"))},
+    }
+    log.info("logging the model to MLflow as an llm/v1/chat model")
+    adapter_only = with_peft and cfg.logger.peft_save == PeftSave.adapter
+    _, version = tracking.log_chat_model(final, setup.tokenizer, cfg.logger, adapter_only, tags)
+    return version
+
+
+def summarize(setup: Setup, metrics: dict[str, float], run_id: str, version) -> dict[str, float]:
+    """summary.json in the run folder and the printed summary; returns the metrics."""
+    summary = {
+        "run_dir": str(setup.output_dir),
+        "mlflow_run_id": run_id,
+        "tracking_uri": mlflow.get_tracking_uri(),
+        "registered_model": f"{version.name}/{version.version}" if version else None,
+        "resumed_from": str(setup.resume_from) if setup.resume_from else None,
+        "metrics": metrics,
+    }
+    (setup.output_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    print_summary(summary)
+    return metrics
 
 
 def sft_args(cfg: DictConfig) -> SFTConfig:
     kwargs = OmegaConf.to_container(cfg.sft, resolve=True, enum_to_str=True)
     return SFTConfig(
         output_dir=str(Path(cfg.paths.output_dir) / "checkpoints"),
-        report_to="none",  # MLflow is attached explicitly below
+        report_to="none",  # MLflow: tracking.MetricsOnlyMLflowCallback and the stages below
         run_name=cfg.logger.run_name,
         **kwargs,
     )
@@ -54,8 +259,6 @@ def sft_args(cfg: DictConfig) -> SFTConfig:
 
 def sft_defaults() -> dict:
     """TRL's defaults for every sft key (to log only what a config changes)."""
-    from train.config import sft_schema
-
     return OmegaConf.to_container(OmegaConf.structured(sft_schema()), enum_to_str=True)
 
 
@@ -94,165 +297,33 @@ def _mlflow_run(cfg: DictConfig, output_dir: Path, resume_from: Path | None):
     return active, False
 
 
-def _stop_interrupted(trainer: SFTTrainer, is_main: bool) -> None:
-    """After a signal: the checkpoint is written; mark the MLflow run and exit with status 75."""
-    step, latest = trainer.state.global_step, None
-    if is_main:  # rank 0 writes trainer_state.json, so only it can tell the checkpoint is complete
-        saved = checkpoint.complete_checkpoints(Path(trainer.args.output_dir))
-        latest = saved[-1] if saved and checkpoint.checkpoint_step(saved[-1]) == step else None
-        log.warning("stopped at step %d; checkpoint %s; rerun the same command to resume", step, latest)
-        mlflow.set_tag("interrupted_at_step", str(step))
-        mlflow.end_run(status="KILLED")
-    raise checkpoint.TrainingInterrupted(latest, step)
-
-
-def run(cfg: DictConfig) -> dict[str, float]:
-    """Fine-tune `cfg.model` on `cfg.data`; return the final metrics (on every rank)."""
-    model.check_peft_hardware(cfg.peft)
-    set_seed(cfg.seed)
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    args = sft_args(cfg)
-    if launch.world_size() != args.world_size:
-        raise model.ConfigError(
-            f"{launch.world_size()} processes were launched but the trainer sees {args.world_size}: every "
-            "rank would act as rank 0. Without CUDA, multi-process training needs sft.use_cpu=true "
-            "(+profile=cpu) for the gloo backend."
-        )
-    resume_from = checkpoint.find_resume_checkpoint(cfg.resume, Path(args.output_dir))
-
-    tokenizer = model.load_tokenizer(cfg.model)
-    with args.main_process_first(desc="preparing data"):  # one rank per node writes the files
-        splits, prepared = data.load_splits(cfg, tokenizer)
-    if cfg.preview:
-        print(preview.render(cfg, tokenizer, prepared, cfg.preview))
-    lm = model.load_model(cfg.model, cfg.peft, tokenizer)
-    trainer = SFTTrainer(
-        model=lm,
-        args=args,
-        train_dataset=splits["train"],
-        eval_dataset=splits["test"],
-        processing_class=tokenizer,
-        peft_config=model.lora_config(cfg.peft),
-        callbacks=[
-            tracking.MetricsOnlyMLflowCallback(),
-            checkpoint.ResumeGuard(resume_from),
-        ],
+def _log_settings(cfg: DictConfig, setup: Setup, continued: bool) -> None:
+    """Tags, params (once per MLflow run), the resolved config, the chat template, the data's stats."""
+    mlflow.set_tags(
+        {
+            "profile": str(cfg.get("profile")),
+            "hydra.overrides": _overrides(cfg),
+            "run_id": cfg.run_id,
+            "world_size": str(setup.trainer.args.world_size),
+            **cfg.logger.tags,
+        }
     )
-    stop_on_signal = checkpoint.StopOnSignal(trainer.accelerator)
-    trainer.add_callback(stop_on_signal)
-
-    # Only rank 0 talks to MLflow; the others train and evaluate (collectives) and skip the rest.
-    is_main = trainer.is_world_process_zero()
-    resumed_mlflow_run = False
-    metrics: dict[str, float] = {}
-    if is_main:
-        mlflow_run, resumed_mlflow_run = _mlflow_run(cfg, output_dir, resume_from)
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    if setup.resume_from is not None:
+        mlflow.set_tag("resumed_from", str(setup.resume_from))
+    if continued:  # params are logged once; a resume may change e.g. max_steps
+        mlflow.log_text(resolved, f"config/resolved_resume_{setup.resume_from.name}.yaml")
     else:
-        mlflow_run = contextlib.nullcontext()
-    with mlflow_run as active:
-        if is_main:
-            mlflow.set_tags(
-                {
-                    "profile": str(cfg.get("profile")),
-                    "hydra.overrides": _overrides(cfg),
-                    "run_id": cfg.run_id,
-                    "world_size": str(args.world_size),
-                    **cfg.logger.tags,
-                }
-            )
-            if resume_from is not None:
-                mlflow.set_tag("resumed_from", str(resume_from))
-            if resumed_mlflow_run:  # params are logged once; a resume may change e.g. max_steps
-                mlflow.log_text(
-                    OmegaConf.to_yaml(cfg, resolve=True), f"config/resolved_resume_{resume_from.name}.yaml"
-                )
-            else:
-                mlflow.log_params(tracking.flatten_params(cfg, sft_defaults()))
-                mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
-            tracking.log_tokenizer_artifacts(tokenizer, output_dir / "tokenizer_info")
-            tracking.log_prepared_data(prepared)
-
-        held_out = splits["test"]["messages"]
-        # Generation runs on rank 0 alone: with sharded weights (FSDP, ZeRO-3) it would need
-        # every rank, so it is skipped there.
-        sharded = _weights_sharded(trainer)
-        n_gen = 0 if sharded else cfg.eval.generate_samples
-        if n_gen and is_main:
-            log.info("answering %d held-out prompts before training", n_gen)
-            metrics["exact_match_before"], _ = evaluate.exact_match_eval(
-                trainer.model, tokenizer, held_out, n_gen, cfg.eval.max_new_tokens
-            )
-        trainer.accelerator.wait_for_everyone()
-
-        log.info("training")
-        started = time.perf_counter()
-        train_result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        if stop_on_signal.interrupted:
-            _stop_interrupted(trainer, is_main)
-        metrics.update({k: float(v) for k, v in train_result.metrics.items()})
-        metrics["train_wall_seconds"] = time.perf_counter() - started
-        metrics.update({k: float(v) for k, v in trainer.evaluate().items()})
-        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        if losses:  # a resume at the last step trains (and logs) nothing new
-            metrics["train_loss_first"], metrics["train_loss_last"] = losses[0], losses[-1]
-        gathered = output_dir / "final_model"
-        if sharded and cfg.logger.log_model:
-            # No rank holds the whole model: all ranks gather it into one ordinary checkpoint
-            # (FSDP FULL_STATE_DICT, ZeRO-3 16-bit weights), which rank 0 reads back to log.
-            trainer.save_model(str(gathered))
-        if not is_main:
-            return metrics
-
-        if n_gen:
-            log.info("answering %d held-out prompts after training", n_gen)
-            metrics["exact_match_after"], rows = evaluate.exact_match_eval(
-                trainer.model, tokenizer, held_out, n_gen, cfg.eval.max_new_tokens
-            )
-            mlflow.log_table(
-                {k: [r[k] for r in rows] for k in ("prompt", "reference", "answer")}, "eval/answers.json"
-            )
-        mlflow.log_metrics(metrics)
-        mlflow.log_artifact(
-            str(tracking.log_loss_curve(trainer.state.log_history, output_dir / "loss_curve.png"))
-        )
-
-        version = None
-        if cfg.logger.log_model:
-            final = _read_back(gathered, cfg) if sharded else trainer.model
-            with_peft = cfg.peft.method != "none"
-            if with_peft and cfg.logger.peft_save == "merged":
-                final = final.merge_and_unload()
-            final.config.use_cache = True  # gradient checkpointing turned it off
-            tags = {
-                "git_sha": tracking.git_sha(Path(cfg.paths.root_dir)),
-                "hydra_overrides": _overrides(cfg),
-                "data_hash": data.data_fingerprint(splits),
-                "mlflow_run_id": active.info.run_id,
-                **{k: f"{v:.6g}" for k, v in metrics.items() if k.startswith(("eval_", "exact_match"))},
-            }
-            log.info("logging the model to MLflow as an llm/v1/chat model")
-            _, version = tracking.log_chat_model(
-                final, tokenizer, cfg.logger, with_peft and cfg.logger.peft_save == "adapter", tags
-            )
-
-    summary = {
-        "run_dir": str(output_dir),
-        "mlflow_run_id": active.info.run_id,
-        "tracking_uri": mlflow.get_tracking_uri(),
-        "registered_model": f"{version.name}/{version.version}" if version else None,
-        "resumed_from": str(resume_from) if resume_from else None,
-        "metrics": metrics,
-    }
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    print_summary(summary)
-    return metrics
+        mlflow.log_params(tracking.flatten_params(cfg, sft_defaults()))
+        mlflow.log_text(resolved, "config/resolved.yaml")
+    tracking.log_tokenizer_artifacts(setup.tokenizer, setup.output_dir / "tokenizer_info")
+    tracking.log_prepared_data(setup.prepared)
 
 
 def _read_back(gathered: Path, cfg: DictConfig):
     """The model `trainer.save_model` gathered from the shards, loaded whole on rank 0."""
     dtype = model.resolve_dtype(cfg.model.dtype)
-    if cfg.peft.method == "none":
+    if cfg.peft.method == PeftMethod.none:
         from transformers import AutoModelForCausalLM
 
         return AutoModelForCausalLM.from_pretrained(gathered, dtype=dtype)
