@@ -55,21 +55,13 @@ def peak_tflops(device_name: str | None, override: float | None = None) -> float
 
 
 def count_parameters(model) -> dict[str, int]:
-    """Parameters without the input embedding (N'), and the trainable ones.
-
-    bitsandbytes 4-bit weights pack two values per stored element; they count twice.
-    """
-
-    def numel(p) -> int:
-        return p.numel() * 2 if hasattr(p, "quant_state") else p.numel()
-
-    embedding = model.get_input_embeddings().weight
-    total = sum(numel(p) for p in model.parameters())
-    trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
+    """Parameters without the input embedding (N'), and the trainable ones, as transformers'
+    `num_parameters` counts them: a bitsandbytes 4-bit weight counts the values it packs, and on a
+    peft model the adapters are included (and are what trains)."""
     return {
-        "total": total,
-        "non_embedding": total - numel(embedding),
-        "trainable": trainable,
+        "total": model.num_parameters(),
+        "non_embedding": model.num_parameters(exclude_embeddings=True),
+        "trainable": model.num_parameters(only_trainable=True),
     }
 
 

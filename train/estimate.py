@@ -5,8 +5,9 @@
     python -m train +profile=24gb estimate=true                     # QLoRA on a 24 GB card
     python -m train +profile=a100 peft=lora hardware=nc40ads_h100_v5 estimate=true
 
-The model is built on PyTorch's meta device from its config (`accelerate.init_empty_weights`):
-exact parameter counts, no weights read. The config comes from a local directory with a
+The model is built on PyTorch's meta device from its config (`accelerate.init_empty_weights`),
+with the adapters peft would add (`get_peft_model`): exact parameter counts, as transformers
+and peft count them, and no weights read. The config comes from a local directory with a
 config.json, the Hugging Face cache, or, for the hub models this project ships configs for,
 the architecture numbers below, so it works offline. The data are prepared with the model's
 tokenizer exactly as training would (`train.data.prepare_for`) to count tokens; where the
@@ -35,7 +36,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from train.model import ConfigError
+from train.config import ModelDtype, PeftMethod, TrainingMethod
+from train.model import ConfigError, lora_config
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,6 @@ GIB = 1024**3
 # so an offline machine can still size them; bench.train builds the same files with random weights.
 ARCHITECTURES_DIR = Path(__file__).resolve().parent / "architectures"
 
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 LORA_BYTES = 4  # peft keeps adapter weights in float32 (autocast_adapter_dtype)
 NF4_BYTES = 0.5
 # Quantisation constants per weight: one float32 absmax per 64 weights (0.5 bit), or with
@@ -108,38 +109,31 @@ def model_config(model_cfg):
     )
 
 
-def _is_target(name: str, target_modules) -> bool:
-    if target_modules == "all-linear":
-        return True  # peft: every linear layer except the output head (excluded by the caller)
-    targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
-    return any(name == t or name.endswith(f".{t}") for t in targets)
-
-
 def count_parameters(config, peft_cfg) -> dict[str, int]:
-    """Total, decoder-linear and LoRA-trainable parameter counts of a meta-device model."""
+    """Parameters of the model built on the meta device: in all, in the decoder's linear layers
+    (what QLoRA quantises) and trainable (all of them, or the adapters peft adds)."""
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
     with init_empty_weights():
         meta = AutoModelForCausalLM.from_config(config)
-    output_head = meta.get_output_embeddings()
-    total = sum(p.numel() for p in meta.parameters())
-    linear = lora = 0
-    for name, module in meta.named_modules():
-        if not isinstance(module, torch.nn.Linear) or module is output_head:
-            continue
-        linear += module.weight.numel()
-        if peft_cfg.method != "none" and _is_target(name, peft_cfg.target_modules):
-            lora += peft_cfg.r * (module.in_features + module.out_features)
-            if peft_cfg.method == "dora":
-                lora += module.out_features  # the learned magnitude vector
-    return {"total": total, "decoder_linear": linear, "lora": lora}
+    total = meta.num_parameters()
+    head = meta.get_output_embeddings()
+    linear = sum(m.weight.numel() for m in meta.modules() if isinstance(m, torch.nn.Linear) and m is not head)
+    adapters = lora_config(peft_cfg)
+    if adapters is None:
+        return {"total": total, "decoder_linear": linear, "trainable": total}
+    from peft import get_peft_model
+
+    with init_empty_weights():  # the adapter weights on the meta device too
+        trainable, _ = get_peft_model(meta, adapters).get_nb_trainable_parameters()
+    return {"total": total, "decoder_linear": linear, "trainable": trainable}
 
 
 def _dtype_bytes(model_cfg, sft_cfg) -> int:
-    if model_cfg.dtype in DTYPE_BYTES:
-        return DTYPE_BYTES[model_cfg.dtype]
-    return 2 if sft_cfg.bf16 or sft_cfg.fp16 else 4  # auto: what a GPU with bf16 would load
+    if model_cfg.dtype == ModelDtype.auto:
+        return 2 if sft_cfg.bf16 or sft_cfg.fp16 else 4  # what a GPU with bf16 would load
+    return getattr(torch, model_cfg.dtype).itemsize
 
 
 def _optimizer_bytes(optim: str, param_bytes: int) -> float:
@@ -170,13 +164,13 @@ def activation_bytes(config, tokens: int, dtype_bytes: int, checkpointing: bool,
 def estimate_memory(cfg: DictConfig, config, counts: dict[str, int]) -> dict[str, float]:
     method = cfg.peft.method
     dtype_bytes = _dtype_bytes(cfg.model, cfg.sft)
-    total = counts["total"]
-    if method == "none":
-        trainable, param_bytes = total, dtype_bytes
+    total, trainable = counts["total"], counts["trainable"]
+    if method == PeftMethod.none:
+        param_bytes = dtype_bytes
         weights = total * dtype_bytes
     else:
-        trainable, param_bytes = counts["lora"], LORA_BYTES
-        if method == "qlora" or cfg.peft.load_in_4bit:
+        param_bytes = LORA_BYTES
+        if method == PeftMethod.qlora or cfg.peft.load_in_4bit:
             linear = counts["decoder_linear"]
             per_weight = NF4_BYTES + NF4_CONSTANT_BYTES[bool(cfg.peft.bnb_4bit_use_double_quant)]
             base = linear * per_weight + (total - linear) * 2
@@ -186,7 +180,7 @@ def estimate_memory(cfg: DictConfig, config, counts: dict[str, int]) -> dict[str
     tokens = cfg.sft.per_device_train_batch_size * cfg.sft.max_length
     half_precision = dtype_bytes == 2 or cfg.sft.bf16 or cfg.sft.fp16  # autocast keeps 2-byte activations
     activations = activation_bytes(
-        config, tokens, 2 if half_precision else 4, cfg.sft.gradient_checkpointing, method != "none"
+        config, tokens, 2 if half_precision else 4, cfg.sft.gradient_checkpointing, method != PeftMethod.none
     )
     return {
         "trainable": trainable,
@@ -217,10 +211,11 @@ def count_tokens(cfg: DictConfig) -> tuple[int | None, int | None, str]:
     return tokens, rows, note
 
 
-def _method(peft_cfg) -> str:
-    if peft_cfg.method == "qlora" or peft_cfg.load_in_4bit:
-        return "qlora"
-    return "full" if peft_cfg.method == "none" else "lora"
+def _method(peft_cfg) -> TrainingMethod:
+    """What `hardware.tokens_per_second` was measured with for this config."""
+    if peft_cfg.method == PeftMethod.qlora or peft_cfg.load_in_4bit:
+        return TrainingMethod.qlora
+    return TrainingMethod.full if peft_cfg.method == PeftMethod.none else TrainingMethod.lora
 
 
 def build_estimate(cfg: DictConfig) -> Estimate:
