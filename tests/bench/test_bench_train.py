@@ -167,7 +167,7 @@ def test_tiny_model_against_the_seed_recipe_writes_json_and_table(compose_bench,
     cfg = compose_bench(
         "bench.steps=2",
         "bench.untimed_steps=1",
-        "+bench.knobs.broken={overrides:['model.attn_implementation=no_such_kernel']}",
+        "+bench.knobs.broken={overrides:['model.name_or_path=/no/such/model']}",
         "bench.ablations=[padded,fa2,broken]",
         "sft.max_length=64",
     )
@@ -180,7 +180,7 @@ def test_tiny_model_against_the_seed_recipe_writes_json_and_table(compose_bench,
     assert list(rows) == ["recipe", "seed recipe", "+padded", "+fa2", "+broken"]
     assert [r["status"] for r in rows.values()] == ["ok", "ok", "ok", "skipped", "failed"]
     assert rows["+fa2"]["reason"] == "needs a CUDA GPU"
-    assert "no_such_kernel" in rows["+broken"]["reason"]  # a knob that breaks is a row, not a crash
+    assert "/no/such/model" in rows["+broken"]["reason"]  # a knob that breaks is a row, not a crash
 
     seed = rows["seed recipe"]
     assert (seed["attn_implementation"], seed["per_device_batch"], seed["packing"]) == ("eager", 4, "wrapped")
