@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import compose_config
+from train.evaluate import split_for_generation
 from train.model import ConfigError
 from train.recipe import run
 
@@ -68,16 +72,26 @@ def test_model_is_registered_and_tagged(trained):
     assert float(version.tags["eval_loss"]) == pytest.approx(metrics["eval_loss"], rel=1e-4)
 
 
-def test_registered_model_answers_chat_requests(trained):
+def test_registered_model_answers_as_the_recipe_s_own_evaluation_did(trained):
+    """The model served from the registry (MLflow's chat pipeline: its own template rendering and
+    generation) gives the answer the recipe's greedy evaluation recorded for the trained model."""
     cfg, _, client = trained
+    experiment_id = client.get_experiment_by_name(cfg.logger.experiment_name).experiment_id
+    (run,) = client.search_runs([experiment_id])
+    recorded = client.load_table(experiment_id, "eval/answers.json", run_ids=[run.info.run_id]).iloc[0]
+    test_file = Path(run.data.tags["data_dir"]) / "test.jsonl"
+    first = json.loads(test_file.read_text(encoding="utf-8").splitlines()[0])["messages"]
+    prompt, _ = split_for_generation(first)
+    assert prompt[-1]["content"] == recorded["prompt"]
+
     mlflow.set_tracking_uri(client.tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{cfg.logger.registered_model_name}/1")
-    response = model.predict(
-        {"messages": [{"role": "user", "content": "Repeat exactly: river stone"}], "max_tokens": 8}
-    )
+    response = model.predict({"messages": prompt, "max_tokens": cfg.eval.max_new_tokens})
     response = response[0] if isinstance(response, list) else response
     assert response["object"] == "chat.completion"
-    assert isinstance(response["choices"][0]["message"]["content"], str)
+    (choice,) = response["choices"]
+    assert choice["message"]["content"].strip() == recorded["answer"]
+    assert choice["finish_reason"] == "stop"  # it ends its turn itself: the pad token is not a stop token
 
 
 def test_pad_token_is_distinct_from_eos(trained):
