@@ -13,7 +13,7 @@ python -m train +profile=a100 target=azureml     # the same config as an Azure M
 import hydra
 from omegaconf import DictConfig
 
-from train.config import register_configs
+from train.config import TargetName, register_configs
 
 register_configs()
 
@@ -25,7 +25,9 @@ def main(cfg: DictConfig) -> float | None:
 
         estimate(cfg)
         return None
-    if cfg.target.name == "azureml":  # submit the same config as a job that runs it with target=local
+    if (
+        cfg.target.name == TargetName.azureml
+    ):  # submit the same config as a job that runs it with target=local
         from train.azureml.submit import submit
 
         submit(cfg)

@@ -19,6 +19,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from train.config import TargetName
+
 log = logging.getLogger(__name__)
 
 PARENT_RUN_ENV = "FINETUNE_PHI_PARENT_RUN_ID"
@@ -30,7 +32,7 @@ class MLflowSweepCallback(Callback):
         self.parent_run_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.target.name != "local" or config.estimate:
+        if config.target.name != TargetName.local or config.estimate:
             return  # points train elsewhere (their own tracking) or not at all
         import mlflow
         from mlflow.tracking import MlflowClient
