@@ -25,7 +25,7 @@ ENV_VARS = {
 }
 
 
-class Credential(enum.Enum):
+class Credential(enum.StrEnum):
     default = "default"  # DefaultAzureCredential: env vars, managed identity, az login, ...
     azure_cli = "azure_cli"  # AzureCliCredential (`az login` only), as in the seed tutorial
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-class Shape(str, enum.Enum):
+class Shape(enum.StrEnum):
     """A payload shape; the names are what configs and connections use (`payload=seedB`)."""
 
     openai = "openai"

@@ -19,25 +19,25 @@ from common.azure_workspace import WorkspaceSettings
 from common.hydra_schema import refuse_keys_outside_the_schema
 
 
-class Action(enum.Enum):
+class Action(enum.StrEnum):
     deploy = "deploy"  # serve (target=local) or deploy blue/green (target=azureml)
     status = "status"
     teardown = "teardown"
     chat = "chat"
 
 
-class AuthMode(enum.Enum):  # Azure ML managed online endpoint auth modes
+class AuthMode(enum.StrEnum):  # Azure ML managed online endpoint auth modes
     key = "key"
     aml_token = "aml_token"
     aad_token = "aad_token"
 
 
-class IdentityType(enum.Enum):
+class IdentityType(enum.StrEnum):
     user_assigned = "user_assigned"
     system_assigned = "system_assigned"
 
 
-class OnFailure(enum.Enum):
+class OnFailure(enum.StrEnum):
     keep = "keep"  # keep the failed deployment for its logs
     delete = "delete"  # delete it (never the live one)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -117,7 +117,7 @@ def submit(cfg: DictConfig, client=None, credential=None) -> dict:
         "resource_group": client.resource_group_name,
         "workspace_name": client.workspace_name,
         "registered_model_name": cfg.logger.registered_model_name,
-        "submitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "submitted_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     paths = write_record(cfg, record)
     print_submitted(record, paths[0], target.stream)
