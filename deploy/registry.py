@@ -24,14 +24,19 @@ class ModelNotFound(LookupError):
     pass
 
 
-def model_uri(
+def registered_version(
     client: MlflowClient, name: str, version: int | str | None = None, alias: str | None = None
 ) -> str:
-    """`models:/NAME/VERSION` for an explicit version, an alias, or the latest version."""
+    """The version number an explicit version, an alias, or "latest" (neither) stands for."""
+    from mlflow.exceptions import MlflowException
+
     if version is not None and alias is not None:
         raise ValueError("set model.version or model.alias, not both")
     if alias is not None:
-        return f"models:/{client.get_model_version_by_alias(name, alias).name}@{alias}"
+        try:
+            return str(client.get_model_version_by_alias(name, alias).version)
+        except MlflowException as e:
+            raise ModelNotFound(f"{name!r} has no version with the alias {alias!r} ({e.message})") from None
     versions = client.search_model_versions(f"name='{name}'")
     if not versions:
         raise ModelNotFound(
@@ -39,11 +44,19 @@ def model_uri(
             "train one with `python -m train` (or set model.name / MLFLOW_TRACKING_URI)"
         )
     if version is None:
-        return f"models:/{name}/{max(int(v.version) for v in versions)}"
+        return str(max(int(v.version) for v in versions))
     if str(version) not in {str(v.version) for v in versions}:
         known = sorted(int(v.version) for v in versions)
         raise ModelNotFound(f"{name!r} has no version {version}; registered versions: {known}")
-    return f"models:/{name}/{version}"
+    return str(version)
+
+
+def model_uri(
+    client: MlflowClient, name: str, version: int | str | None = None, alias: str | None = None
+) -> str:
+    """`models:/NAME/VERSION`, or `models:/NAME@ALIAS` for an alias (checked to exist)."""
+    found = registered_version(client, name, version, alias)
+    return f"models:/{name}@{alias}" if alias is not None else f"models:/{name}/{found}"
 
 
 @dataclass(frozen=True)
@@ -88,9 +101,7 @@ def resolve(model_cfg, client: MlflowClient | None, output_root: str | Path, for
         return ModelRef(uri=uri, name=model_cfg.name, azureml_job=job)
     if client is None:
         raise ValueError("an MLflow client is needed to look up registered models")
-    uri = model_uri(client, model_cfg.name, model_cfg.get("version"), model_cfg.get("alias"))
-    if model_cfg.get("alias"):
-        version = client.get_model_version_by_alias(model_cfg.name, model_cfg.alias).version
-    else:
-        version = uri.rsplit("/", 1)[1]
-    return ModelRef(uri=uri, name=model_cfg.name, version=str(version))
+    name, alias = model_cfg.name, model_cfg.get("alias")
+    version = registered_version(client, name, model_cfg.get("version"), alias)
+    uri = f"models:/{name}@{alias}" if alias else f"models:/{name}/{version}"
+    return ModelRef(uri=uri, name=name, version=version)

@@ -37,6 +37,8 @@ def test_explicit_version_and_alias(client):
 def test_missing_name_or_version_says_what_exists(client):
     with pytest.raises(ModelNotFound, match="python -m train"):
         model_uri(client, "nope")
+    with pytest.raises(ModelNotFound, match="no version with the alias 'challenger'"):
+        model_uri(client, "m", alias="challenger")
     with pytest.raises(ModelNotFound, match=r"\[1, 2, 3\]"):
         model_uri(client, "m", version=7)
 
