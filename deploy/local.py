@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import json
 import logging
 import os
 import shutil
@@ -40,7 +39,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from common.paths import PROJECT_ROOT
-from common.payloads import EXPECTED
+from common.payloads import BadRequest, error_body, parse_json
 from deploy.scoring.score import Scorer
 
 log = logging.getLogger(__name__)
@@ -59,7 +58,10 @@ def create_app(scorer: Scorer, key: str | None = None):
         if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), key.encode()):
             return None
         return JSONResponse(
-            {"error": "missing or wrong key: send the header `Authorization: Bearer <endpoint key>`"},
+            error_body(
+                "missing or wrong key: send the header `Authorization: Bearer <endpoint key>`",
+                code="invalid_api_key",
+            ),
             status_code=401,
         )
 
@@ -68,14 +70,16 @@ def create_app(scorer: Scorer, key: str | None = None):
         if denied := unauthorised(request):
             return denied
         try:
-            payload = json.loads(await request.body())
-        except ValueError as e:
-            return JSONResponse({"error": f"the body is not valid JSON ({e}); {EXPECTED}"}, status_code=400)
+            payload = parse_json(await request.body())
+        except BadRequest as e:
+            return JSONResponse(e.body(), status_code=e.status)
         try:
             status, body = await run_in_threadpool(scorer.handle, payload)
         except Exception as e:  # a model failure, not the client's: 500, with the reason
             log.exception("scoring failed")
-            return JSONResponse({"error": f"scoring failed: {type(e).__name__}: {e}"}, status_code=500)
+            return JSONResponse(
+                error_body(f"scoring failed: {type(e).__name__}", "server_error"), status_code=500
+            )
         return JSONResponse(body, status_code=status)
 
     @app.get("/")
