@@ -16,8 +16,7 @@ generation, so measure batching with a model that runs to max_tokens (the untrai
 
 `--api openai` (default) posts to /v1/chat/completions, `--api score` to /score (Azure's payloads).
 The server is `python -m deploy target=local` (deploy/local.py); with --model-uri it is started on
-a free loopback port for the run (`--server-override KEY=VALUE` passes deploy config overrides) and
-stopped by its pid. When $FINETUNE_PHI_ENDPOINT_KEY (or --key-env) is set, requests carry it as
+a free loopback port for the run and stopped by its pid. When $FINETUNE_PHI_ENDPOINT_KEY (or --key-env) is set, requests carry it as
 `Authorization: Bearer ...`; it is never written anywhere.
 Results: bench/results/<date>-serve-<hardware>.json and .md.
 """
@@ -134,9 +133,7 @@ def endpoint(
         return
     from deploy.local import serve_in_background
 
-    if key_env:
-        overrides = (f"key_env={key_env}", *overrides)
-    with serve_in_background(model_uri, overrides=overrides) as base:
+    with serve_in_background(model_uri, overrides=(f"key_env={key_env}",) if key_env else ()) as base:
         yield base
 
 
@@ -254,9 +251,6 @@ def main(argv: list[str] | None = None) -> dict:
         "--api", choices=sorted(ROUTES), default="openai", help="openai: /v1/chat/completions"
     )
     parser.add_argument(
-        "--server-override", action="append", default=[], help="deploy config override for --model-uri"
-    )
-    parser.add_argument(
         "--key-env", default="FINETUNE_PHI_ENDPOINT_KEY", help="env var holding the endpoint key"
     )
     parser.add_argument("--timeout", type=float, default=300, help="seconds per request")
@@ -266,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--concurrency, --requests and --max-tokens must be >= 1")
 
     key = os.environ.get(args.key_env) or None
-    with endpoint(args.url, args.model_uri, args.key_env, tuple(args.server_override)) as url:
+    with endpoint(args.url, args.model_uri, args.key_env) as url:
         results = run_serve_benchmark(
             url,
             args.concurrency,
