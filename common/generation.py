@@ -89,9 +89,11 @@ class Generator:
                 out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         finally:
             self.model.train(was_training)
-        return [self._decode(prompt, row[width:].tolist(), stop) for prompt, row in zip(prompts, out)]
+        return [self.decode_answer(prompt, row[width:].tolist(), stop) for prompt, row in zip(prompts, out)]
 
-    def _decode(self, prompt: list[int], new: list[int], stop: list[str]) -> dict:
+    def decode_answer(self, prompt: list[int], new: list[int], stop: list[str]) -> dict:
+        """An answer from its generated ids: text up to EOS, cut before the first stop string and
+        stripped; finish reason; usage. (Also the local server's batched generator's answers.)"""
         eos = set(self.eos_token_ids)
         end = next((i + 1 for i, t in enumerate(new) if t in eos), None)
         if end:

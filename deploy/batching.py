@@ -23,7 +23,7 @@ transformers 5.23, see the README's serving section):
 - health: the manager's fatal error, a full queue, and a forward pass that has run longer than
   the request timeout (forward hooks).
 
-Answers are decoded as `common.generation.Generator` decodes them (special tokens skipped, cut
+Answers are decoded by `common.generation.Generator.decode_answer` (special tokens skipped, cut
 before the first stop string, stripped), so the local server answers what Azure's score.py,
 training's evaluation and the parity check compute; a stream's pieces add up to the same text.
 Everything here runs on the server's event loop except the manager's thread, which hands its
@@ -83,9 +83,7 @@ class Job:
     def cancel(self) -> None:
         """Stop generating (the client is gone or out of time) and free the slot; idempotent."""
         if self.engine.jobs.pop(self.request_id, None) is not None:
-            self.engine.manager.cancel_request(self.request_id)
-            # The manager forgets a handler only after a last output, which a cancelled request never gets.
-            self.engine.manager.output_router.result_handlers.pop(self.request_id, None)
+            self._stop_generating()
             self.pieces.put_nowait(None)
 
     def on_output(self, output) -> None:
@@ -98,32 +96,19 @@ class Job:
             return
         tokens = list(output.generated_tokens)
         text = self.engine.generator.tokenizer.decode(tokens, skip_special_tokens=True)
-        hits = [text.index(s) for s in self.stop if s in text]
-        if hits:
-            text = text[: min(hits)]
-        if hits or output.is_finished():
-            ended_by_eos = bool(tokens) and tokens[-1] in self.engine.eos
-            self._stream(text.strip(), final=True)
-            self.answer = {
-                "text": text.strip(),
-                "finish_reason": "stop" if hits or ended_by_eos else "length",
-                "usage": {
-                    "prompt_tokens": len(self.prompt_ids),
-                    "completion_tokens": len(tokens),
-                    "total_tokens": len(self.prompt_ids) + len(tokens),
-                },
-            }
+        hit = any(s in text for s in self.stop)
+        if hit or output.is_finished():
+            self.answer = self.engine.generator.decode_answer(self.prompt_ids, tokens, self.stop)
+            self._stream(self.answer["text"], final=True)
             if not output.is_finished():
-                self.engine.manager.cancel_request(self.request_id)
-                self.engine.manager.output_router.result_handlers.pop(self.request_id, None)
+                self._stop_generating()
             self._finish()
         elif self.stream:
             self._stream(text.lstrip(), final=False)
 
     def _stream(self, visible: str, final: bool) -> None:
-        if (
-            not final
-        ):  # hold back what may still change: a stop string's start, trailing spaces, a partial character
+        # Hold back what may still change: a stop string's start, trailing spaces, a partial character.
+        if not final:
             safe = min(len(visible) - self.hold, len(visible.rstrip()))
             while safe > 0 and visible[safe - 1] == "\ufffd":
                 safe -= 1
@@ -131,6 +116,11 @@ class Job:
         if self.stream and len(visible) > self.sent:
             self.pieces.put_nowait(visible[self.sent :])
             self.sent = len(visible)
+
+    def _stop_generating(self) -> None:
+        self.engine.manager.cancel_request(self.request_id)
+        # The manager forgets a handler after a last output, which a cancelled request never gets.
+        self.engine.manager.output_router.result_handlers.pop(self.request_id, None)
 
     def _finish(self) -> None:
         self.engine.jobs.pop(self.request_id, None)
