@@ -200,7 +200,7 @@ def post_json(settings: EndpointSettings, payload: dict) -> object:
             "with `python -m flow.connect ...` if the address changed"
         ) from None
     if response.status != 200:
-        detail = _scrub(response.data.decode("utf-8", "replace")[:SNIPPET], settings.key)
+        detail = _scrub(error_message(response.data)[:SNIPPET], settings.key)
         raise _http_error(where, response.status, detail, len(response.retries.history))
     try:
         return json.loads(response.data)
@@ -222,6 +222,16 @@ def _http_error(where: str, status: int, detail: str, retries: int) -> EndpointE
             f"deployment. Server said: {detail}"
         )
     return EndpointHTTPError(f"{where} answered HTTP {status}: {detail}")
+
+
+def error_message(body: bytes) -> str:
+    """The message of an error answer: OpenAI's `{"error": {"message": ...}}` (this project's
+    servers), else the body as text (Azure's front door answers in other shapes)."""
+    text = body.decode("utf-8", "replace")
+    try:
+        return str(json.loads(text)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return text
 
 
 def _scrub(text: str, key: str) -> str:

@@ -8,12 +8,23 @@ call, the same stop ids, the same decoding and the same finish reasons.
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
+
+from common.payloads import check_context
 
 
 def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     """Token ids of the prompt a model answers: the chat template with the generation prompt."""
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+
+
+def longest_token_chars(tokenizer) -> int:
+    """An upper bound on the characters one token stands for: the longest token string of the
+    vocabulary (a byte-level or SentencePiece token string is never shorter than its text; the
+    byte-fallback ones, `<0xE2>`, are longer). 0.1 s for Phi-3's 32,064 tokens."""
+    vocabulary = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return max(len(token or "") for token in vocabulary)
 
 
 class Generator:
@@ -32,6 +43,23 @@ class Generator:
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         return prompt_ids(self.tokenizer, messages)
+
+    @property
+    def context_tokens(self) -> int:
+        """Positions the model was built for: prompt plus answer must fit."""
+        return self.model.config.max_position_embeddings
+
+    @cached_property
+    def max_prompt_chars(self) -> int:
+        """Characters above which a prompt cannot fit the context, whatever its tokens. Servers
+        refuse such a prompt before tokenizing it (a megabyte-long one takes most of a second)."""
+        return self.context_tokens * longest_token_chars(self.tokenizer)
+
+    def checked_prompt_ids(self, messages: list[dict], max_new_tokens: int) -> list[int]:
+        """The prompt's ids; BadRequest naming both numbers when prompt + answer exceed the context."""
+        ids = self.prompt_ids(messages)
+        check_context(len(ids), max_new_tokens, self.context_tokens)
+        return ids
 
     def full_kwargs(self, generate: dict) -> dict:
         """Everything passed to model.generate besides the prompt."""
@@ -61,9 +89,11 @@ class Generator:
                 out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         finally:
             self.model.train(was_training)
-        return [self._decode(prompt, row[width:].tolist(), stop) for prompt, row in zip(prompts, out)]
+        return [self.decode_answer(prompt, row[width:].tolist(), stop) for prompt, row in zip(prompts, out)]
 
-    def _decode(self, prompt: list[int], new: list[int], stop: list[str]) -> dict:
+    def decode_answer(self, prompt: list[int], new: list[int], stop: list[str]) -> dict:
+        """An answer from its generated ids: text up to EOS, cut before the first stop string and
+        stripped; finish reason; usage. (Also the local server's batched generator's answers.)"""
         eos = set(self.eos_token_ids)
         end = next((i + 1 for i, t in enumerate(new) if t in eos), None)
         if end:

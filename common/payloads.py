@@ -8,15 +8,25 @@ benchmarks import it. Three shapes, each answered in the shape it came in:
 - `seedB`   {"input_data": {"input_string": [messages], "parameters": {...}}}  -> {"output": "answer"}
 - `openai`  {"messages": [messages], "max_tokens": n, "temperature": t, ...}   -> chat.completion
 
-Server side: `parse_request` validates a body into a `ChatRequest` (raising `BadRequest` that
-says what was expected) and `format_response` shapes the answers. Client side:
-`build_payload` and `parse_answer`. The generation-parameter rules (`generation_kwargs`) are
-the same on both sides, so a client refuses what the server would refuse, before sending.
+Server side: `parse_json` decodes a body, `parse_request` validates it into a `ChatRequest`
+(raising `BadRequest` that says what was expected) and `format_response` shapes the answers;
+`parse_chat_completion` does the same for the OpenAI API's own route (/v1/chat/completions,
+with OpenAI's defaults). Client side: `build_payload` and `parse_answer`. The
+generation-parameter rules (`generation_kwargs`) are the same on both sides, so a client
+refuses what the server would refuse, before sending.
+
+Hostile input is refused here, once for both servers (deploy/local.py and Azure's score.py),
+before anything is tokenized: bodies above `RequestLimits.max_body_bytes`, NaN/Infinity,
+nesting deeper than the interpreter's recursion limit, lone surrogates, too many messages or
+prompts, and prompts with more characters than the model's context can hold. Every client
+error has OpenAI's shape, `{"error": {"message", "type", "param", "code"}}` (`error_body`).
 """
 
 from __future__ import annotations
 
 import enum
+import json
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -39,6 +49,7 @@ SEED_A_EXTRAS = ("return_full_text",)
 OPENAI_EXTRAS = ("model", "n", "stream", "user")
 DEFAULT_MAX_NEW_TOKENS = 128
 MAX_NEW_TOKENS_LIMIT = 4096
+MAX_STOP = 4  # stop strings per request, as OpenAI
 ROLES = ("system", "user", "assistant")
 
 EXPECTED = (
@@ -54,7 +65,37 @@ ANSWER_SHAPES = {
 
 
 class BadRequest(ValueError):
-    """The payload is not one this endpoint accepts; the message says what was expected."""
+    """A request this endpoint refuses (a 4xx, 400 unless `status` says otherwise); the message says
+    what was expected, `param` names the offending field and `code` is OpenAI's error code."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None, status: int = 400):
+        super().__init__(message)
+        self.param, self.code, self.status = param, code, status
+
+    def body(self) -> dict:
+        return error_body(str(self), param=self.param, code=self.code)
+
+
+def error_body(message: str, type: str = "invalid_request_error", param=None, code=None) -> dict:
+    """OpenAI's error object, the one shape of every error answer (the openai client reads it)."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+@dataclass
+class RequestLimits:
+    """What one request may carry; the servers check it before tokenizing anything.
+
+    Also the Hydra schema of the local server's `limits` (conf/deploy/target/local.yaml)."""
+
+    max_body_bytes: int = 4 * 2**20  # larger bodies: 413, refused from Content-Length before reading
+    max_messages: int = 256  # messages in one conversation
+    max_prompts: int = 16  # seed A prompts in one request
+    # Characters in one conversation's contents. null: the model's context x its longest token
+    # (common.generation.Generator.max_prompt_chars), above which a prompt cannot fit.
+    max_prompt_chars: int | None = None
+
+
+DEFAULT_LIMITS = RequestLimits()
 
 
 class UnexpectedAnswer(ValueError):
@@ -68,64 +109,152 @@ class ChatRequest:
     generate: dict[str, Any]  # keyword arguments for model.generate
     stop: list[str] = field(default_factory=list)
     return_full_text: bool = False
+    model: str = ""  # OpenAI's `model`, as sent
+    stream: bool = False  # /v1/chat/completions only: answer as server-sent events
+    include_usage: bool = False  # ... with a last chunk carrying `usage`
 
 
 # ---------------------------------------------------------------- server side: requests
 
 
-def _check_messages(messages: Any, where: str) -> list[dict]:
+def parse_json(body: bytes) -> Any:
+    """The decoded body. Refuses what Python's json accepts but no client should send: NaN and
+    Infinity (`parse_constant`), numbers that overflow to inf such as 1e999 (`parse_float`; they
+    never reach parse_constant), and nesting deeper than the interpreter's recursion limit
+    (RecursionError, raised at once by the C scanner, even for a million brackets)."""
+    try:
+        return json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise BadRequest("the body is nested too deeply to be a request") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError (not UTF-8), NaN/Infinity
+        raise BadRequest(f"the body is not valid JSON ({e}); {EXPECTED}") from None
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number; send a finite number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:30]} is out of range; send a finite number")
+    return value
+
+
+def _text(value: Any, where: str, non_empty: bool = False) -> str:
+    """A string that can be encoded: json.loads accepts lone surrogates ("\\ud800"), tokenizers raise on them."""
+    if not isinstance(value, str) or (non_empty and not value):
+        raise BadRequest(f"{where} must be a {'non-empty ' if non_empty else ''}string", param=where)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise BadRequest(
+            f"{where} contains a lone surrogate (\\u{ord(value[e.start]):04x} at {e.start}); send valid Unicode",
+            param=where,
+        ) from None
+    return value
+
+
+def _check_length(texts: list[str], where: str, limits: RequestLimits) -> None:
+    chars = sum(map(len, texts))
+    if limits.max_prompt_chars is not None and chars > limits.max_prompt_chars:
+        raise BadRequest(
+            f"{where} has {chars} characters; this model's context holds at most "
+            f"{limits.max_prompt_chars} (its context length x its longest token). Shorten the prompt",
+            param=where,
+            code="context_length_exceeded",
+        )
+
+
+def _check_messages(messages: Any, where: str, limits: RequestLimits) -> list[dict]:
     if not isinstance(messages, list) or not messages:
-        raise BadRequest(f"{where} must be a non-empty list of {{'role', 'content'}} messages; {EXPECTED}")
+        raise BadRequest(
+            f"{where} must be a non-empty list of {{'role', 'content'}} messages; {EXPECTED}", param=where
+        )
+    if len(messages) > limits.max_messages:
+        raise BadRequest(
+            f"{where} has {len(messages)} messages; at most {limits.max_messages} are accepted", param=where
+        )
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-            raise BadRequest(f"{where}[{i}] must be an object with a string 'content'; got {message!r:.80}")
+            raise BadRequest(
+                f"{where}[{i}] must be an object with a string 'content'; got {message!r:.80}",
+                param=f"{where}[{i}]",
+            )
+        _text(message["content"], f"{where}[{i}].content")
         if message.get("role") not in ROLES:
             raise BadRequest(
-                f"{where}[{i}].role must be system, user or assistant; got {message.get('role')!r}"
+                f"{where}[{i}].role must be system, user or assistant; got {message.get('role')!r:.40}",
+                param=f"{where}[{i}].role",
             )
     if messages[-1]["role"] != "user":
-        raise BadRequest(f"{where} must end with a user message (the turn to answer)")
+        raise BadRequest(f"{where} must end with a user message (the turn to answer)", param=where)
+    _check_length([m["content"] for m in messages], where, limits)
     return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def check_context(prompt_tokens: int, max_new_tokens: int, context: int) -> None:
+    """The prompt and the answer must fit the model's context (OpenAI's wording and code)."""
+    if prompt_tokens + max_new_tokens > context:
+        raise BadRequest(
+            f"This model's maximum context length is {context} tokens. However, you requested "
+            f"{prompt_tokens + max_new_tokens} tokens ({prompt_tokens} in the messages, {max_new_tokens} in "
+            "the completion). Please reduce the length of the messages or the completion (max_tokens).",
+            param="messages",
+            code="context_length_exceeded",
+        )
 
 
 def _check_keys(params: Any, where: str, allowed: tuple[str, ...]) -> dict:
     if params is None:
         return {}
     if not isinstance(params, dict):
-        raise BadRequest(f"{where} must be an object of generation parameters")
+        raise BadRequest(f"{where} must be an object of generation parameters", param=where)
     unknown = sorted(set(params) - set(allowed))
     if unknown:
-        raise BadRequest(f"{where}: unknown parameter(s) {unknown}; accepted: {', '.join(allowed)}")
+        raise BadRequest(
+            f"{where}: unknown parameter(s) {unknown}; accepted: {', '.join(allowed)}",
+            param=unknown[0],
+            code="unknown_parameter",
+        )
     return params
 
 
 def generation_kwargs(params: dict, where: str = "params") -> tuple[dict[str, Any], list[str]]:
     """Map request parameters to `model.generate` keyword arguments (and stop strings).
 
-    OpenAI semantics for sampling: temperature 0 (the default) is greedy; a positive
-    temperature samples unless `do_sample` says otherwise. `do_sample=true` with
-    temperature 0 is a contradiction and rejected rather than guessed.
+    OpenAI semantics for sampling: temperature 0 (the default here; /v1 sends OpenAI's 1) is
+    greedy; a positive temperature samples unless `do_sample` says otherwise. `do_sample=true`
+    with temperature 0 is a contradiction and rejected rather than guessed.
     """
     max_new = params.get("max_new_tokens")
     max_tokens = params.get("max_tokens")
     if max_new is not None and max_tokens is not None and max_new != max_tokens:
-        raise BadRequest(f"{where}: max_new_tokens={max_new} and max_tokens={max_tokens} disagree; send one")
+        raise BadRequest(
+            f"{where}: max_new_tokens={max_new} and max_tokens={max_tokens} disagree; send one",
+            param="max_tokens",
+        )
+    name = "max_new_tokens" if max_new is not None else "max_tokens"
     max_new = max_new if max_new is not None else max_tokens
     max_new = DEFAULT_MAX_NEW_TOKENS if max_new is None else max_new
     if isinstance(max_new, bool) or not isinstance(max_new, int) or not 1 <= max_new <= MAX_NEW_TOKENS_LIMIT:
-        raise BadRequest(f"{where}: max_new_tokens must be an integer in [1, {MAX_NEW_TOKENS_LIMIT}]")
+        raise BadRequest(f"{where}: {name} must be an integer in [1, {MAX_NEW_TOKENS_LIMIT}]", param=name)
 
     temperature = params.get("temperature", 0.0)
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
-        raise BadRequest(f"{where}: temperature must be a number >= 0")
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not 0 <= temperature <= 2
+    ):
+        raise BadRequest(f"{where}: temperature must be a number in [0, 2]", param="temperature")
     top_p = params.get("top_p", 1.0)
     if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-        raise BadRequest(f"{where}: top_p must be a number in (0, 1]")
+        raise BadRequest(f"{where}: top_p must be a number in (0, 1]", param="top_p")
     do_sample = params.get("do_sample", temperature > 0)
     if not isinstance(do_sample, bool):
-        raise BadRequest(f"{where}: do_sample must be true or false")
+        raise BadRequest(f"{where}: do_sample must be true or false", param="do_sample")
     if do_sample and temperature == 0:
-        raise BadRequest(f"{where}: do_sample=true needs a temperature > 0")
+        raise BadRequest(f"{where}: do_sample=true needs a temperature > 0", param="do_sample")
 
     kwargs: dict[str, Any] = {"max_new_tokens": max_new, "do_sample": do_sample}
     if do_sample:
@@ -133,13 +262,15 @@ def generation_kwargs(params: dict, where: str = "params") -> tuple[dict[str, An
 
     stop = params.get("stop") or []
     stop = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
-        raise BadRequest(f"{where}: stop must be a string or a list of non-empty strings")
-    return kwargs, stop
+    if not isinstance(stop, list) or len(stop) > MAX_STOP:
+        raise BadRequest(
+            f"{where}: stop must be a string or a list of at most {MAX_STOP} strings", param="stop"
+        )
+    return kwargs, [_text(s, "stop", non_empty=True) for s in stop]
 
 
-def parse_request(payload: Any) -> ChatRequest:
-    """Recognise the payload's shape and validate it; raises BadRequest saying what was expected."""
+def parse_request(payload: Any, limits: RequestLimits = DEFAULT_LIMITS) -> ChatRequest:
+    """Recognise the payload's shape (/score) and validate it; raises BadRequest saying what was expected."""
     if not isinstance(payload, dict):
         raise BadRequest(f"the body must be a JSON object; {EXPECTED}")
     if "messages" in payload:
@@ -149,9 +280,13 @@ def parse_request(payload: Any) -> ChatRequest:
             {k: v for k, v in payload.items() if k != "messages"}, "body", GENERATION_PARAMS + OPENAI_EXTRAS
         )
         if params.get("n", 1) != 1 or params.get("stream", False):
-            raise BadRequest("body: only n=1 and stream=false are supported")
+            raise BadRequest(
+                "body: only n=1 and stream=false are supported here; stream from /v1/chat/completions",
+                param="stream" if params.get("stream") else "n",
+            )
         kwargs, stop = generation_kwargs(params, "body")
-        return ChatRequest(Shape.openai, [_check_messages(payload["messages"], "messages")], kwargs, stop)
+        messages = _check_messages(payload["messages"], "messages", limits)
+        return ChatRequest(Shape.openai, [messages], kwargs, stop)
 
     if "input_data" not in payload:
         raise BadRequest(f"no 'messages' or 'input_data' key; {EXPECTED}")
@@ -159,28 +294,123 @@ def parse_request(payload: Any) -> ChatRequest:
     if isinstance(input_data, list):
         unknown = sorted(set(payload) - {"input_data", "params"})
         if unknown:
-            raise BadRequest(f"unknown top-level key(s) {unknown} beside input_data; {EXPECTED}")
-        if not input_data or not all(isinstance(t, str) and t for t in input_data):
+            raise BadRequest(
+                f"unknown top-level key(s) {unknown} beside input_data; {EXPECTED}", param=unknown[0]
+            )
+        if not input_data:
             raise BadRequest(f"input_data must be a non-empty list of non-empty strings (seed A); {EXPECTED}")
+        if len(input_data) > limits.max_prompts:
+            raise BadRequest(
+                f"input_data has {len(input_data)} prompts; at most {limits.max_prompts} per request",
+                param="input_data",
+            )
+        texts = [_text(t, f"input_data[{i}]", non_empty=True) for i, t in enumerate(input_data)]
+        for i, text in enumerate(texts):
+            _check_length([text], f"input_data[{i}]", limits)
         params = dict(_check_keys(payload.get("params"), "params", GENERATION_PARAMS + SEED_A_EXTRAS))
         full = params.pop("return_full_text", False)
         if not isinstance(full, bool):
-            raise BadRequest("params: return_full_text must be true or false")
+            raise BadRequest("params: return_full_text must be true or false", param="return_full_text")
         kwargs, stop = generation_kwargs(params, "params")
-        conversations = [[{"role": "user", "content": text}] for text in input_data]
+        conversations = [[{"role": "user", "content": text}] for text in texts]
         return ChatRequest(Shape.seedA, conversations, kwargs, stop, return_full_text=full)
     if isinstance(input_data, dict):
         unknown = sorted(set(payload) - {"input_data"})
         unknown += sorted(set(input_data) - {"input_string", "parameters"})
         if unknown:
-            raise BadRequest(f"unknown key(s) {unknown}; {EXPECTED}")
+            raise BadRequest(f"unknown key(s) {unknown}; {EXPECTED}", param=unknown[0])
         if "input_string" not in input_data:
             raise BadRequest(f"input_data.input_string is missing (seed B); {EXPECTED}")
         params = _check_keys(input_data.get("parameters"), "input_data.parameters", GENERATION_PARAMS)
         kwargs, stop = generation_kwargs(params, "input_data.parameters")
-        messages = _check_messages(input_data["input_string"], "input_data.input_string")
+        messages = _check_messages(input_data["input_string"], "input_data.input_string", limits)
         return ChatRequest(Shape.seedB, [messages], kwargs, stop)
     raise BadRequest(f"input_data must be a list of strings or an object; {EXPECTED}")
+
+
+# OpenAI's /v1/chat/completions parameters (openai-python's completion_create_params): what a
+# server without tools, logprobs or per-request seeds can honour, and what it must refuse.
+CHAT_COMPLETION_PARAMS = (
+    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop",
+    "stream", "stream_options", "n", "user", "presence_penalty", "frequency_penalty", "logprobs",
+    "response_format", "store", "metadata", "parallel_tool_calls",
+)  # fmt: skip
+UNSUPPORTED_PARAMS = {
+    "tools": "tool calling",
+    "tool_choice": "tool calling",
+    "functions": "function calling",
+    "function_call": "function calling",
+    "logit_bias": "logit_bias",
+    "top_logprobs": "logprobs",
+    "audio": "audio",
+    "modalities": "other modalities",
+    "prediction": "predicted outputs",
+    "reasoning_effort": "reasoning effort",
+    "service_tier": "service tiers",
+    "web_search_options": "web search",
+    "seed": "per-request seeds (continuous batching samples from one generator)",
+}
+# Accepted only at the value that changes nothing (None is always accepted: the parameter's default).
+NEUTRAL_VALUES = {
+    "n": (1,),
+    "presence_penalty": (0,),
+    "frequency_penalty": (0,),
+    "logprobs": (False,),
+    "store": (False,),
+    "response_format": ({"type": "text"},),
+}
+
+
+def parse_chat_completion(payload: Any, limits: RequestLimits = DEFAULT_LIMITS) -> ChatRequest:
+    """A /v1/chat/completions body with OpenAI's semantics: temperature defaults to 1 (it samples),
+    `max_completion_tokens` or `max_tokens`, `stream` and `stream_options.include_usage`."""
+    if not isinstance(payload, dict):
+        raise BadRequest("the body must be a JSON object with `model` and `messages`")
+    for name in payload:
+        if name in UNSUPPORTED_PARAMS:
+            raise BadRequest(
+                f"{name}: {UNSUPPORTED_PARAMS[name]} is not supported by this server",
+                param=name,
+                code="unsupported_parameter",
+            )
+        if name not in CHAT_COMPLETION_PARAMS:
+            raise BadRequest(
+                f"Unrecognized request argument supplied: {name}", param=name, code="unknown_parameter"
+            )
+    for name, neutral in NEUTRAL_VALUES.items():
+        if payload.get(name) is not None and payload[name] not in neutral:
+            raise BadRequest(
+                f"{name}={payload[name]!r:.40} is not supported; send {neutral[0]!r} or leave it out",
+                param=name,
+                code="unsupported_value",
+            )
+    model = _text(payload.get("model") or "", "model")
+    if payload.get("user") is not None:
+        _text(payload["user"], "user")
+    stream = payload.get("stream") or False
+    if not isinstance(stream, bool):
+        raise BadRequest("stream must be true or false", param="stream")
+    options = payload.get("stream_options")
+    if options is not None and (not stream or not isinstance(options, dict)):
+        raise BadRequest("stream_options must be an object, sent with stream=true", param="stream_options")
+    include_usage = (options or {}).get("include_usage") or False
+    if not isinstance(include_usage, bool):
+        raise BadRequest("stream_options.include_usage must be true or false", param="stream_options")
+
+    max_tokens, max_completion = payload.get("max_tokens"), payload.get("max_completion_tokens")
+    if max_tokens is not None and max_completion is not None and max_tokens != max_completion:
+        raise BadRequest("max_tokens and max_completion_tokens disagree; send one", param="max_tokens")
+    params = {
+        "max_tokens": max_completion if max_completion is not None else max_tokens,
+        "temperature": 1.0 if payload.get("temperature") is None else payload["temperature"],
+        "top_p": 1.0 if payload.get("top_p") is None else payload["top_p"],
+        "stop": payload.get("stop"),
+    }
+    kwargs, stop = generation_kwargs(params, "body")
+    messages = _check_messages(payload.get("messages"), "messages", limits)
+    return ChatRequest(
+        Shape.openai, [messages], kwargs, stop, model=model, stream=stream, include_usage=include_usage
+    )
 
 
 # ---------------------------------------------------------------- server side: answers

@@ -90,11 +90,13 @@ def run(cfg, client=None) -> object:
             raise SystemExit(
                 f"action={cfg.action.name} needs target=azureml (the local server lives only while it runs)"
             )
-        from deploy import local
-        from deploy.scoring.score import Scorer
+        from omegaconf import OmegaConf
 
-        scorer = Scorer(load_checked_model(cfg, find_model(cfg, for_azureml=False)))
-        return local.serve(scorer, port=int(cfg.port), key_env=cfg.key_env)
+        from deploy import local
+
+        chat_model = load_checked_model(cfg, find_model(cfg, for_azureml=False))
+        target = OmegaConf.to_object(cfg.target)  # the LocalTarget dataclass, with its limits and settings
+        return local.serve(chat_model, target.limits, target.server, port=int(cfg.port), key_env=cfg.key_env)
 
     from deploy import azureml
 

@@ -56,12 +56,12 @@ def endpoint_answer(scoring_url: str, key: str | None, params: GenerationParams)
 
 
 def scorer_answer(scorer, params: GenerationParams) -> Answer:
-    """Replies from an in-process Scorer (the local server's code, no HTTP)."""
+    """Replies from an in-process Scorer (the scoring script's code, no HTTP)."""
 
     def answer(messages: list[dict]) -> str:
         status, body = scorer.handle(build_payload(Shape.openai, messages, params))
         if status != 200:
-            raise RuntimeError(body["error"])
+            raise RuntimeError(body["error"]["message"])
         return parse_answer(Shape.openai, body)
 
     return answer

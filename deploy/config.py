@@ -17,6 +17,7 @@ from omegaconf import MISSING
 
 from common.azure_workspace import WorkspaceSettings
 from common.hydra_schema import refuse_keys_outside_the_schema
+from common.payloads import RequestLimits
 
 
 class Action(enum.StrEnum):
@@ -65,8 +66,24 @@ class ChatConfig:
 
 
 @dataclass
+class ServerSettings:
+    """The local server's timeouts and batching (values and comments: conf/deploy/target/local.yaml)."""
+
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 10.0
+    request_timeout_s: float = 120.0
+    max_batch: int = 16
+    max_queue: int = 64
+    kv_cache_tokens: int | None = None
+    torch_threads: int | None = 1
+    shutdown_timeout_s: float = 5.0
+
+
+@dataclass
 class LocalTarget:
     name: str = "local"
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    server: ServerSettings = field(default_factory=ServerSettings)
 
 
 @dataclass

@@ -42,6 +42,7 @@ class AzureMLTarget:
 class ConnectConfig:
     target: Any = MISSING  # LocalTarget | AzureMLTarget, chosen by the target group
     name: str = "finetune_phi_endpoint"
+    openai_name: str = "finetune_phi_openai"
     payload: Shape = "${target.payload}"  # type: ignore[assignment]
     timeout_s: float = 60
     max_retries: int = 2

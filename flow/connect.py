@@ -1,12 +1,16 @@
-"""Create or update the promptflow CustomConnection that both flows call the endpoint through.
+"""Create or update the promptflow connections the flows call the endpoint through.
 
 python -m flow.connect                                      # local server, 127.0.0.1:8000
 python -m flow.connect target.port=8001 payload=seedB
 python -m flow.connect target=azureml target.endpoint_name=phi3-ft
 
-The connection holds `endpoint`, `payload`, `timeout_s`, `max_retries` (and `deployment`) in
-its configs and the key in its secrets, which promptflow encrypts in its local store
-(~/.promptflow, or PF_HOME_DIRECTORY). The key is never printed, logged or written elsewhere.
+The CustomConnection (`name`, for flow/chat and flow/standard) holds `endpoint`, `payload`,
+`timeout_s`, `max_retries` (and `deployment`) in its configs and the key in its secrets. For the
+local server, an OpenAIConnection (`openai_name`, for flow/openai_chat: promptflow's own LLM
+tool) holds the server's OpenAI base URL (http://HOST:PORT/v1) and the same key as its api_key;
+Azure's deployment serves only /score, so there is none for it. promptflow encrypts secrets in
+its local store (~/.promptflow, or PF_HOME_DIRECTORY); the key is never printed, logged or
+written elsewhere.
 """
 
 from __future__ import annotations
@@ -34,12 +38,14 @@ class Endpoint:
     url: str
     key: str
     deployment: str = ""
+    openai_base_url: str = ""  # where it also speaks OpenAI's API (the local server's /v1)
 
 
 def local_endpoint(target: DictConfig, environ=os.environ) -> Endpoint:
-    """The local server's scoring URL; its key from the variable the server reads."""
+    """The local server's scoring URL and OpenAI base URL; its key from the variable the server reads."""
+    base = f"http://{target.host}:{target.port}"
     return Endpoint(
-        url=f"http://{target.host}:{target.port}{target.route}", key=environ.get(target.key_env, "")
+        url=base + target.route, key=environ.get(target.key_env, ""), openai_base_url=base + "/v1"
     )
 
 
@@ -81,10 +87,21 @@ def build_connection(cfg: DictConfig, endpoint: Endpoint):
     return CustomConnection(name=cfg.name, configs=configs, secrets={"key": endpoint.key or NO_KEY})
 
 
+def build_openai_connection(cfg: DictConfig, endpoint: Endpoint):
+    """promptflow's OpenAIConnection for the LLM tool: the server's /v1 and its key (any non-empty
+    api_key for a server without one: the openai client refuses an empty key)."""
+    from promptflow.connections import OpenAIConnection
+
+    return OpenAIConnection(
+        name=cfg.openai_name, api_key=endpoint.key or NO_KEY, base_url=endpoint.openai_base_url
+    )
+
+
 def connect(cfg: DictConfig, client=None, pf=None, environ=os.environ):
-    """Fetch the target's endpoint and store it as `cfg.name`; returns the stored connection
-    (its secrets scrubbed, as promptflow returns them). A local target's key is read from
-    `environ` (the variable `target.key_env` names)."""
+    """Fetch the target's endpoint and store it as `cfg.name` (and, where it speaks OpenAI's API,
+    as `cfg.openai_name`); returns the stored CustomConnection (its secrets scrubbed, as
+    promptflow returns them). A local target's key is read from `environ` (the variable
+    `target.key_env` names)."""
     if cfg.target.name == "local":
         endpoint = local_endpoint(cfg.target, environ)
     else:
@@ -104,6 +121,8 @@ def connect(cfg: DictConfig, client=None, pf=None, environ=os.environ):
             "connection %r pointed at %s; it now points at %s", connection.name, previous, endpoint.url
         )
     pf.connections.create_or_update(connection)
+    if endpoint.openai_base_url:
+        pf.connections.create_or_update(build_openai_connection(cfg, endpoint))
     return pf.connections.get(connection.name, with_secrets=False)  # scrubbed: the key stays in the store
 
 
@@ -140,8 +159,13 @@ def main(cfg: DictConfig) -> None:
         print(
             f"  key: none (${cfg.target.get('key_env', 'KEY')} was not set; the server must run without one)"
         )
-    if cfg.target.name == "local" and not is_serving(configs["endpoint"]):
-        print("  note: nothing answers there yet; start it with `python -m deploy target=local`")
+    if cfg.target.name == "local":
+        base_url = local_endpoint(cfg.target).openai_base_url
+        print(
+            f"connection {cfg.openai_name!r} -> {base_url} (OpenAI API, for flow/openai_chat; the same key)"
+        )
+        if not is_serving(configs["endpoint"]):
+            print("  note: nothing answers there yet; start it with `python -m deploy target=local`")
     if cfg.telemetry is not None:
         print(
             f"  promptflow telemetry: {'on' if cfg.telemetry else 'off'} (pf config set telemetry.enabled=...)"
@@ -149,6 +173,10 @@ def main(cfg: DictConfig) -> None:
     print(
         '  try it: pf flow test --flow flow/chat --inputs question="What is the first word of: amber river"'
     )
+    if cfg.target.name == "local":
+        print(
+            '          pf flow test --flow flow/openai_chat --inputs question="What is the first word of: amber river"'
+        )
 
 
 if __name__ == "__main__":

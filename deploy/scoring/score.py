@@ -1,11 +1,14 @@
-"""The scoring script: Azure ML's `init()`/`run()` contract, and the code behind the local server.
+"""The scoring script: Azure ML's `init()`/`run()` contract, and the model loading behind the local server.
 
-One module answers both: the Azure managed online deployment runs it as its scoring script
-(azureml-inference-server-http calls `init()` once, then `run(raw_json)` per request), and
-`deploy.local` calls the same `Scorer.handle` behind FastAPI. It imports only the standard
-library, torch, transformers, mlflow and the neutral `common` package (the payload contract
-and generation), which the Azure code snapshot carries beside it (deploy/azureml.py); never
-the `deploy` package.
+The Azure managed online deployment runs it as its scoring script: azureml-inference-server-http
+calls `init()` once, then `run(request)` per request with the raw HTTP request (`@rawhttp`), so
+a body over the limit is refused before it is read. Azure's server runs one request at a time
+per worker, so this script generates directly, one request after another; the local server
+(deploy/local.py) loads the model with the same `ChatModel` and batches requests instead. Both
+check requests with the same `common.payloads` rules and limits and render prompts with the same
+`common.generation`. It imports only the standard library, torch, transformers, mlflow and the
+neutral `common` package, which the Azure code snapshot carries beside it (deploy/azureml.py);
+never the `deploy` package.
 
 The payload shapes, their validation and answers are `common.payloads`. Generation does not
 go through `pyfunc.predict`: measured on MLflow 3.17, the llm/v1/chat pyfunc drops
@@ -18,15 +21,15 @@ and generator training's evaluation uses), with the parameters mapped by
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from common.generation import Generator
-from common.payloads import EXPECTED, BadRequest, format_response, parse_request
+from common.payloads import BadRequest, RequestLimits, format_response, parse_json, parse_request
 
 log = logging.getLogger(__name__)
 
@@ -70,19 +73,33 @@ class ChatModel(Generator):
 class Scorer:
     """Payload in, (HTTP status, JSON body) out: the whole endpoint minus HTTP and auth."""
 
-    def __init__(self, chat_model: ChatModel):
+    def __init__(self, chat_model: ChatModel, limits: RequestLimits | None = None):
         self.chat_model = chat_model
+        limits = limits or RequestLimits()
+        if limits.max_prompt_chars is None:
+            limits = replace(limits, max_prompt_chars=chat_model.max_prompt_chars)
+        self.limits = limits
 
     def handle(self, payload: Any) -> tuple[int, Any]:
         try:
-            request = parse_request(payload)
+            request = parse_request(payload, self.limits)
+            for conversation in request.conversations:  # prompt + answer must fit the context
+                self.chat_model.checked_prompt_ids(conversation, request.generate["max_new_tokens"])
         except BadRequest as e:
-            return 400, {"error": str(e)}
+            return e.status, e.body()
         answers = [self.chat_model.answer(c, request.generate, request.stop) for c in request.conversations]
         return 200, format_response(request, answers, self.chat_model.name)
 
 
 # ---------------------------------------------------------------- Azure ML's contract
+
+try:  # Azure's inference server: run() then receives the raw (flask) request
+    from azureml_inference_server_http.api.aml_request import rawhttp
+except ImportError:  # not in this project's stack: tests call run() with a flask request themselves
+
+    def rawhttp(run):
+        return run
+
 
 _scorer: Scorer | None = None
 
@@ -95,16 +112,33 @@ def init(model_uri: str | None = None) -> None:
     _scorer = Scorer(ChatModel(model_uri))
 
 
-def run(raw_data: str | bytes):
-    """One request. Errors become 4xx with {"error": ...} as on the local server."""
+def read_body(request, limit: int) -> bytes:
+    """The body of a flask request, refused (413) above `limit` bytes: from Content-Length before
+    reading, else by counting (a chunked body). Azure's server sets no limit (a 50 MB body was read)."""
+    too_large = BadRequest(
+        f"the body is larger than this endpoint takes ({limit} bytes)", code="request_too_large", status=413
+    )
+    if (request.content_length or 0) > limit:
+        raise too_large
+    chunks, size = [], 0
+    while chunk := request.stream.read(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@rawhttp
+def run(request):
+    """One request, as the flask request azureml-inference-server-http hands over. Errors are
+    4xx with OpenAI's error object, as on the local server."""
     if _scorer is None:
         raise RuntimeError("init() has not been called")
     try:
-        payload = json.loads(raw_data)
-    except ValueError as e:
-        status, body = 400, {"error": f"the body is not valid JSON ({e}); {EXPECTED}"}
-    else:
-        status, body = _scorer.handle(payload)
+        status, body = _scorer.handle(parse_json(read_body(request, _scorer.limits.max_body_bytes)))
+    except BadRequest as e:
+        status, body = e.status, e.body()
     if status == 200:
         return body
     try:  # present in the serving image (azureml-inference-server-http), not needed elsewhere

@@ -28,37 +28,46 @@ def served(tmp_path_factory):
         yield base_url
 
 
-def test_latency_and_tokens_at_batch_1_and_under_concurrency(served, tmp_path, monkeypatch):
+@pytest.mark.parametrize("api", ["openai", "score"])
+def test_levels_with_ratios_and_the_targets_line(served, tmp_path, monkeypatch, api):
     monkeypatch.setenv("FINETUNE_PHI_ENDPOINT_KEY", KEY)
     results = serve.main(
         [
             "--url", served,
-            "--concurrency", "1", "3",
-            "--requests", "4",
+            "--api", api,
+            "--concurrency", "1", "8",
+            "--requests", "8",
             "--max-tokens", "5",
             "--results-dir", str(tmp_path),
         ]
     )  # fmt: skip
     levels = {row["concurrency"]: row for row in results["levels"]}
-    assert sorted(levels) == [1, 3]
+    assert sorted(levels) == [1, 8] and results["route"] == serve.ROUTES[api]
     for row in levels.values():
-        assert (row["ok"], row["errors"]) == (4, 0)
+        assert (row["ok"], row["errors"]) == (8, 0)
         assert 0 < row["latency_p50_s"] <= row["latency_p95_s"]
-        assert 0 < row["completion_tokens_mean"] <= 5  # the server's own count, capped by max_tokens
+        # The untrained model never stops early: every answer is max_tokens long, by the server's count.
+        assert row["completion_tokens_mean"] == 5
         assert row["tokens_per_s"] > 0 and row["requests_per_s"] > 0
+    assert levels[1]["tokens_per_s_vs_c1"] == levels[1]["tokens_per_s_vs_sequential"] == 1
+    eight = levels[8]
+    assert eight["tokens_per_s_vs_c1"] == eight["tokens_per_s"] / levels[1]["tokens_per_s"]
+    assert eight["tokens_per_s_vs_sequential"] == eight["tokens_per_s"] / eight["sequential_tokens_per_s"]
+    assert results["targets"]["latency_p95_vs_c1"] == eight["latency_p95_s"] / levels[1]["latency_p95_s"]
 
     saved = tmp_path / results["json_path"].rsplit("/", 1)[1]
     assert saved.name.endswith(".json") and "-serve-" in saved.name
-    assert json.loads(saved.read_text())["levels"][0]["ok"] == 4
+    assert json.loads(saved.read_text())["levels"][0]["ok"] == 8
     table = saved.with_suffix(".md").read_text()
-    assert "| concurrency | requests ok |" in table and "| 3 | 4 | 0 |" in table
+    assert "| concurrency | requests ok |" in table and "| 8 | 8 | 0 |" in table
+    assert "targets at concurrency 8: tokens/s" in table
     for written in (saved, saved.with_suffix(".md")):
         assert KEY not in written.read_text()  # the key is sent, never recorded
 
 
 def test_a_wrong_key_fails_loudly_with_the_servers_answer(served):
     with pytest.raises(RuntimeError, match=r"every request failed.*refused the request \(401\)"):
-        serve.run_serve_benchmark(served, [1], 1, 2, "hi", key="wrong")
+        serve.run_serve_benchmark(served, [1], 1, 2, key="wrong")
 
 
 def test_only_the_local_endpoint_is_measured():

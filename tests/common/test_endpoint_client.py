@@ -21,6 +21,7 @@ from common.endpoint_client import (
     ask,
     history_to_messages,
 )
+from common.payloads import error_body
 
 KEY = "k3y-that-must-never-leak"
 HELLO = [{"role": "user", "content": "hello"}]
@@ -143,7 +144,7 @@ def test_endpoint_down_says_how_to_start_it():
 
 
 def test_401_names_the_key_and_never_shows_it(fake_endpoint):
-    fake_endpoint.answer((401, {"error": f"wrong key {KEY}"}))
+    fake_endpoint.answer((401, error_body(f"wrong key {KEY}", code="invalid_api_key")))
     with pytest.raises(EndpointAuthError, match="key is missing or wrong") as error:
         ask(settings(fake_endpoint.url), HELLO)
     assert KEY not in str(error.value)
@@ -161,13 +162,13 @@ def test_429_and_503_are_retried_a_bounded_number_of_times(fake_endpoint, monkey
     # urllib3's Retry sleeps through its module's `time`: record the waits instead of waiting.
     monkeypatch.setattr(urllib3.util.retry, "time", SimpleNamespace(sleep=waits.append))
     fake_endpoint.answer(
-        (429, {"error": "slow down"}, {"Retry-After": "3"}), (503, b"busy"), (200, {"output": "ok"})
+        (429, error_body("slow down"), {"Retry-After": "3"}), (503, b"busy"), (200, {"output": "ok"})
     )
     assert ask(settings(fake_endpoint.url, payload="seedB"), HELLO) == "ok"
     assert waits == [3.0, 0.02]  # the server's Retry-After, then urllib3's doubled backoff
 
     fake_endpoint.requests.clear()
-    fake_endpoint.answer(*[(503, {"error": "scaling"}, {"Retry-After": "600"})] * 5)
+    fake_endpoint.answer(*[(503, error_body("scaling"), {"Retry-After": "600"})] * 5)
     waits.clear()
     with pytest.raises(EndpointBusy, match=r"busy \(503\) after 2 retries"):
         ask(settings(fake_endpoint.url, max_retries=2), HELLO)
@@ -188,6 +189,11 @@ def test_malformed_answers_say_what_was_expected(fake_endpoint):
 
 
 def test_other_http_errors_carry_the_server_message(fake_endpoint):
-    fake_endpoint.answer((422, {"error": "expected input_data"}))
-    with pytest.raises(EndpointHTTPError, match="HTTP 422.*expected input_data"):
+    # This project's servers answer OpenAI's error object: its message is what the user reads.
+    fake_endpoint.answer((400, error_body("messages must end with a user message", param="messages")))
+    with pytest.raises(EndpointHTTPError, match=r"HTTP 400: messages must end with a user message$"):
+        ask(settings(fake_endpoint.url), HELLO)
+    # A gateway in front of a deployment may answer in plain text: quoted as it is.
+    fake_endpoint.answer((502, b"Bad Gateway"))
+    with pytest.raises(EndpointHTTPError, match=r"HTTP 502: Bad Gateway$"):
         ask(settings(fake_endpoint.url), HELLO)

@@ -14,6 +14,7 @@ import time
 import pytest
 import requests
 
+from common.payloads import error_body
 from flow.connect import connect
 from tests.flow.conftest import FLOW_DIR, PF_HOME, connect_config, port_and_route
 
@@ -52,6 +53,10 @@ def test_local_connection_keeps_the_key_secret(pf, local_connection, fake_endpoi
     assert dict(stored.configs)["payload"] == "seedB"
     assert KEY not in json.dumps(dict(stored.secrets))  # promptflow scrubs what it returns
     assert pf.connections.get(stored.name, with_secrets=True).secrets["key"] == KEY
+    # The local server also speaks OpenAI's API: an OpenAIConnection for promptflow's LLM tool.
+    openai = pf.connections.get("finetune_phi_openai", with_secrets=True)
+    port = fake_endpoint.url.split(":")[2].split("/")[0]
+    assert (openai.type, openai.base_url, openai.api_key) == ("OpenAI", f"http://127.0.0.1:{port}/v1", KEY)
     # Encrypted at rest: the plain key is in no file of promptflow's home.
     for path in isolated_promptflow_home.rglob("*"):
         if path.is_file():
@@ -99,7 +104,7 @@ def test_chat_flow_sends_the_history(pf, local_connection, fake_endpoint):
 
 def test_flow_errors_reach_the_user_without_the_key(pf, local_connection, fake_endpoint):
     local_connection("openai")
-    fake_endpoint.answer((401, {"error": "missing or wrong key"}))
+    fake_endpoint.answer((401, error_body("missing or wrong key", code="invalid_api_key")))
     with pytest.raises(Exception, match="key is missing or wrong") as error:
         pf.test(flow=FLOW_DIR / "chat", inputs={"question": "hi"})
     assert KEY not in str(error.value)
@@ -107,7 +112,7 @@ def test_flow_errors_reach_the_user_without_the_key(pf, local_connection, fake_e
 
 def test_the_connection_bounds_the_retries(pf, local_connection, fake_endpoint):
     local_connection("openai")  # max_retries=0 in the connection's configs
-    fake_endpoint.answer((503, {"error": "scaling"}))
+    fake_endpoint.answer((503, error_body("the server is busy", "server_error", code="queue_full")))
     with pytest.raises(Exception, match=r"busy \(503\) after 0 retries"):
         pf.test(flow=FLOW_DIR / "chat", inputs={"question": "hi"})
     assert len(fake_endpoint.requests) == 1
@@ -219,6 +224,7 @@ def test_connect_cli_turns_telemetry_off_and_prints_no_key(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "connection 'cli_check' -> http://127.0.0.1:1/score (payload openai)" in result.stdout
+    assert "connection 'finetune_phi_openai' -> http://127.0.0.1:1/v1 (OpenAI API" in result.stdout
     assert "nothing answers there yet" in result.stdout
     assert KEY not in result.stdout + result.stderr
     assert "enabled: false" in (home / "pf.yaml").read_text()

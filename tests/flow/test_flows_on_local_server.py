@@ -1,6 +1,8 @@
-"""Both flows end to end through promptflow's runner against the REAL local scoring server
-(`python -m deploy target=local`, with key auth) serving the tiny model registered in MLflow;
-then a scan that the endpoint key landed in no file of the repo, the run, promptflow or MLflow."""
+"""The flows end to end through promptflow's runner against the REAL local server
+(`python -m deploy target=local`, with key auth) serving the tiny model registered in MLflow:
+the custom-tool flows over /score, the LLM-tool flow over /v1 through promptflow's own
+OpenAIConnection; then a scan that the endpoint key landed in no file of the repo, the run,
+promptflow or MLflow."""
 
 from __future__ import annotations
 
@@ -30,16 +32,22 @@ def mlflow_store(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def served(mlflow_store):
-    """The real server (key auth on) behind a recording proxy that shows what flows sent."""
+def server_url(mlflow_store):
+    """The real server, key auth on."""
     from deploy.local import serve_in_background
 
     uri, _ = mlflow_store
     env = {"MLFLOW_TRACKING_URI": uri, "FINETUNE_PHI_ENDPOINT_KEY": KEY}
     with serve_in_background(f"models:/{MODEL_NAME}/1", env=env) as base_url:
-        proxy = FakeEndpoint(forward_to=base_url)
-        yield proxy
-        proxy.close()
+        yield base_url
+
+
+@pytest.fixture(scope="module")
+def served(server_url):
+    """The real server behind a recording proxy that shows what the custom-tool flows sent."""
+    proxy = FakeEndpoint(forward_to=server_url)
+    yield proxy
+    proxy.close()
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +99,49 @@ def test_wrong_key_is_refused_by_the_real_server(pf, served, monkeypatch):
         pf.test(flow=FLOW_DIR / "chat", inputs={"question": "hi"})
 
 
-def test_the_key_is_in_no_file(pf, served, mlflow_store, isolated_promptflow_home, monkeypatch):
+def openai_chat(pf, **inputs) -> str:
+    """flow/openai_chat's answer; the executor streams a chat output, so it may come in pieces."""
+    answer = pf.test(flow=FLOW_DIR / "openai_chat", inputs=inputs)["answer"]
+    return answer if isinstance(answer, str) else "".join(answer)
+
+
+def test_the_llm_tool_flow_asks_the_servers_openai_api(pf, server_url, monkeypatch):
+    """promptflow's LLM tool through the OpenAIConnection `flow.connect` stored: its answer is the
+    openai client's greedy answer to the same system prompt, history and question."""
+    import openai
+
+    monkeypatch.setenv("FINETUNE_PHI_ENDPOINT_KEY", KEY)
+    connect(connect_config(f"target.port={server_url.rsplit(':', 1)[1]}"), pf=pf)
+    history = [{"inputs": {"question": "Repeat: amber river"}, "outputs": {"answer": "amber river"}}]
+    question = "How many words are in it?"
+    answer = openai_chat(
+        pf, question=question, chat_history=history, system_prompt="Answer briefly.", max_tokens=8
+    )
+
+    client = openai.OpenAI(base_url=f"{server_url}/v1", api_key=KEY, max_retries=0)
+    messages = [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "Repeat: amber river"},
+        {"role": "assistant", "content": "amber river"},
+        {"role": "user", "content": question},
+    ]
+    model = client.models.list().data[0].id
+    expected = client.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0)
+    assert answer == expected.choices[0].message.content != ""
+
+
+def test_the_llm_tool_flow_is_refused_with_a_wrong_key(pf, server_url, monkeypatch):
+    monkeypatch.setenv("FINETUNE_PHI_ENDPOINT_KEY", "not-the-key")
+    connect(connect_config(f"target.port={server_url.rsplit(':', 1)[1]}"), pf=pf)
+    with pytest.raises(Exception, match="missing or wrong key"):
+        openai_chat(pf, question="hi")
+
+
+def test_the_key_is_in_no_file(pf, served, server_url, mlflow_store, isolated_promptflow_home, monkeypatch):
     use(pf, served, "openai", monkeypatch)
     pf.test(flow=FLOW_DIR / "chat", inputs={"question": "hi"})  # a flow run after the key was stored
+    connect(connect_config(f"target.port={server_url.rsplit(':', 1)[1]}"), pf=pf)
+    openai_chat(pf, question="hi")  # and through the OpenAIConnection
     assert pf.connections.get("finetune_phi_endpoint", with_secrets=True).secrets["key"] == KEY
     _, mlflow_root = mlflow_store
     # The repo (tracked and untracked files), flow/ with any .promptflow/ run outputs,

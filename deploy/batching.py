@@ -1,0 +1,217 @@
+"""Batched generation for the local server: transformers' continuous batching behind a small adapter.
+
+transformers 5's `ContinuousBatchingManager` (`model.init_continuous_batching`) runs one
+background thread that schedules every request in flight over a paged KV cache: a new request
+joins the running batch at the next step, a finished one leaves it and is answered at once, and
+nothing is padded. `BatchedGenerator` puts it behind the server's needs (each point measured on
+transformers 5.23, see the README's serving section):
+
+- sampling per request: the manager samples or not as a whole (one `do_sample`), so it samples
+  and a greedy request asks for `top_k=1`, the argmax: token for token what
+  `generate(do_sample=False)` answers. Per-request temperature/top_p/top_k need
+  `per_request_processors` and their warpers present when the manager is made (a generation
+  config with temperature != 1, top_p < 1 and top_k set), and exactly floats/ints;
+- stop strings: the manager stops at EOS and max_new_tokens only, so such a request streams,
+  its text is searched, and a hit cancels it;
+- `cancel_request()` drops a request without a last output, so whoever cancels (a stop string,
+  the deadline, a client that went away) answers the caller here;
+- a bound on the requests in flight (`QueueFull`: the server answers 503), since the manager's
+  own bounded queue blocks the caller for 10 s when full;
+- the KV cache sized explicitly on a CPU: by default the manager takes 80-90% of the machine's
+  RAM (measured: 13 GB and no answer within 20 s for the tiny model); on a GPU its default is
+  the intended use;
+- health: the manager's fatal error, a full queue, and a forward pass that has run longer than
+  the request timeout (forward hooks).
+
+Answers are decoded by `common.generation.Generator.decode_answer` (special tokens skipped, cut
+before the first stop string, stripped), so the local server answers what Azure's score.py,
+training's evaluation and the parity check compute; a stream's pieces add up to the same text.
+Everything here runs on the server's event loop except the manager's thread, which hands its
+outputs over with `call_soon_threadsafe` (`register_result_handler`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import time
+from collections.abc import AsyncIterator
+
+from transformers import ContinuousBatchingConfig, GenerationConfig
+
+from common.generation import Generator
+
+PAGE_SIZE = 64  # tokens per KV-cache block
+
+
+class QueueFull(RuntimeError):
+    """As many requests as the server takes are in flight; retry shortly."""
+
+
+class GenerationFailed(RuntimeError):
+    """The generation loop failed this request (or died)."""
+
+
+class Job:
+    """One request in flight: its text as it grows, its answer, and a way to cancel it."""
+
+    def __init__(
+        self, engine: BatchedGenerator, request_id: str, prompt_ids: list[int], stop: list[str], stream: bool
+    ):
+        self.engine, self.request_id, self.prompt_ids = engine, request_id, prompt_ids
+        self.stop, self.stream = stop, stream
+        self.hold = max((len(s) - 1 for s in stop), default=0)  # a stop string may be starting
+        self.pieces: asyncio.Queue[str | None] = asyncio.Queue()  # streamed text; None: finished
+        self.sent = 0  # characters streamed so far
+        self.answer: dict | None = None
+        self.error: str | None = None
+
+    async def deltas(self) -> AsyncIterator[str]:
+        """The answer's text piece by piece (one piece at the end unless streaming); then `answer` is set."""
+        while (piece := await self.pieces.get()) is not None:
+            yield piece
+        if self.error is not None:
+            raise GenerationFailed(self.error)
+
+    async def result(self) -> dict:
+        """The answer: `text`, `finish_reason` (stop | length) and `usage`, as Generator answers."""
+        async for _ in self.deltas():
+            pass
+        return self.answer
+
+    def cancel(self) -> None:
+        """Stop generating (the client is gone or out of time) and free the slot; idempotent."""
+        if self.engine.jobs.pop(self.request_id, None) is not None:
+            self._stop_generating()
+            self.pieces.put_nowait(None)
+
+    def on_output(self, output) -> None:
+        """A GenerationOutput from the manager (every step when streaming, else the last one)."""
+        if self.request_id not in self.engine.jobs:
+            return  # cancelled: an output that was already on its way
+        if output.error is not None:
+            self.error = output.error
+            self._finish()
+            return
+        tokens = list(output.generated_tokens)
+        text = self.engine.generator.tokenizer.decode(tokens, skip_special_tokens=True)
+        hit = any(s in text for s in self.stop)
+        if hit or output.is_finished():
+            self.answer = self.engine.generator.decode_answer(self.prompt_ids, tokens, self.stop)
+            self._stream(self.answer["text"], final=True)
+            if not output.is_finished():
+                self._stop_generating()
+            self._finish()
+        elif self.stream:
+            self._stream(text.lstrip(), final=False)
+
+    def _stream(self, visible: str, final: bool) -> None:
+        # Hold back what may still change: a stop string's start, trailing spaces, a partial character.
+        if not final:
+            safe = min(len(visible) - self.hold, len(visible.rstrip()))
+            while safe > 0 and visible[safe - 1] == "\ufffd":
+                safe -= 1
+            visible = visible[: max(safe, 0)]
+        if self.stream and len(visible) > self.sent:
+            self.pieces.put_nowait(visible[self.sent :])
+            self.sent = len(visible)
+
+    def _stop_generating(self) -> None:
+        self.engine.manager.cancel_request(self.request_id)
+        # The manager forgets a handler after a last output, which a cancelled request never gets.
+        self.engine.manager.output_router.result_handlers.pop(self.request_id, None)
+
+    def _finish(self) -> None:
+        self.engine.jobs.pop(self.request_id, None)
+        self.pieces.put_nowait(None)
+
+
+class BatchedGenerator:
+    """Requests in, answers out, batched continuously by transformers; call from the event loop."""
+
+    def __init__(
+        self,
+        generator: Generator,
+        max_batch: int = 16,
+        max_queue: int = 64,
+        kv_cache_tokens: int | None = None,
+    ):
+        self.generator = generator
+        model, tokenizer = generator.model, generator.tokenizer
+        self.eos = set(generator.eos_token_ids)
+        # Warpers exist only when the config needs them; requests then set their own values.
+        sampling = GenerationConfig(
+            do_sample=True,
+            temperature=0.5,
+            top_p=0.5,
+            top_k=len(tokenizer),
+            eos_token_id=sorted(self.eos),
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        if kv_cache_tokens is None and model.device.type == "cpu":
+            kv_cache_tokens = max_batch * generator.context_tokens  # every running request at full length
+        cache = {}
+        if kv_cache_tokens is not None:
+            cache["num_blocks"] = math.ceil(kv_cache_tokens / PAGE_SIZE) + 1
+            cache["max_batch_tokens"] = max(512, generator.context_tokens)  # a whole prompt per step
+        config = ContinuousBatchingConfig(
+            per_request_processors=True, max_requests_per_batch=max_batch, page_size=PAGE_SIZE, **cache
+        )
+        self.manager = model.init_continuous_batching(
+            generation_config=sampling, continuous_batching_config=config
+        )
+        self.capacity = max_batch + max_queue
+        self.jobs: dict[str, Job] = {}
+        self._ids = itertools.count()
+        self.forward_started: float | None = None  # set while the manager's thread runs a forward pass
+        self._hooks = [
+            model.register_forward_pre_hook(lambda *_: setattr(self, "forward_started", time.monotonic())),
+            model.register_forward_hook(lambda *_: setattr(self, "forward_started", None)),
+        ]
+
+    def start(self) -> None:
+        self.manager.start()
+
+    def close(self) -> None:
+        for job in list(self.jobs.values()):
+            job.cancel()
+        self.manager.stop(block=True, timeout=5)
+        for hook in self._hooks:
+            hook.remove()
+
+    def submit(self, prompt_ids: list[int], generate: dict, stop: list[str], stream: bool = False) -> Job:
+        """Queue a request (`generate`: common.payloads.generation_kwargs' mapping); QueueFull when
+        `max_batch + max_queue` are in flight, GenerationFailed when the generation loop has died."""
+        if (fatal := self.manager.background_thread_status.fatal_error) is not None:
+            raise GenerationFailed(f"the generation loop died: {fatal}")
+        if len(self.jobs) >= self.capacity:
+            raise QueueFull(f"{len(self.jobs)} requests in flight, the most this server takes")
+        request_id = f"req-{next(self._ids)}"
+        job = Job(self, request_id, prompt_ids, stop, stream)
+        self.jobs[request_id] = job
+        if generate.get("do_sample"):
+            sampling = {"temperature": float(generate["temperature"]), "top_p": float(generate["top_p"])}
+        else:
+            sampling = {"top_k": 1, "temperature": 1.0, "top_p": 1.0}  # greedy: the argmax, as generate()
+        self.manager.register_result_handler(request_id, job.on_output)
+        self.manager.add_request(
+            prompt_ids,
+            request_id=request_id,
+            max_new_tokens=generate["max_new_tokens"],
+            streaming=stream or bool(stop),
+            eos_token_id=sorted(self.eos),
+            **sampling,
+        )
+        return job
+
+    def not_ready_reason(self, request_timeout_s: float) -> str | None:
+        """Why the server should not take more work now (None: it should)."""
+        if (fatal := self.manager.background_thread_status.fatal_error) is not None:
+            return f"the generation loop died: {type(fatal).__name__}: {fatal}"
+        if len(self.jobs) >= self.capacity:
+            return f"the queue is full ({len(self.jobs)} requests in flight)"
+        started = self.forward_started
+        if started is not None and time.monotonic() - started > request_timeout_s:
+            return f"a generation step has run for more than the request timeout ({request_timeout_s:g} s)"
+        return None
