@@ -296,51 +296,6 @@ def test_status_lists_endpoints_deployments_and_traffic(capsys):
     assert "finetune-phi" in capsys.readouterr().out
 
 
-def test_role_preflight_names_what_is_missing_and_how_to_grant_it():
-    cfg = deploy_config()
-    scopes = {
-        "storage": "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/st",
-        "acr": "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.ContainerRegistry/registries/cr",
-    }
-
-    class Workspaces:
-        def get(self, name):
-            return type(
-                "W", (), {"storage_account": scopes["storage"], "container_registry": scopes["acr"]}
-            )()
-
-    def assignment(role, scope):
-        role_id = azureml.REQUIRED_ROLES[role][0]
-        return {
-            "properties": {
-                "roleDefinitionId": f"/subscriptions/0000/providers/x/roleDefinitions/{role_id}",
-                "scope": scope,
-            }
-        }
-
-    granted = [
-        assignment("Storage Blob Data Reader", scopes["storage"]),
-        assignment("Contributor", "/subscriptions/0000/resourceGroups/rg"),
-    ]
-
-    def arm_get(path, params):
-        if path == IDENTITY:
-            return {"properties": {"principalId": "p-1"}}
-        assert params["$filter"] == "principalId eq 'p-1'"
-        return {"value": granted}
-
-    client = MLClient(FakeCredential(), "0000", "rg", "ws")
-    client._workspaces = Workspaces()
-    with pytest.raises(
-        azureml.DeployError, match=r"(?s)lacks AcrPull.*--role \"AcrPull\" --scope .*registries/cr"
-    ):
-        azureml.preflight_roles(client, cfg.target.endpoint, arm_get=arm_get)
-    granted.append(assignment("AcrPull", "/subscriptions/0000/resourceGroups/rg"))  # inherited from the group
-    assert azureml.preflight_roles(client, cfg.target.endpoint, arm_get=arm_get) == [
-        "identity has Storage Blob Data Reader, AcrPull, Contributor"
-    ]
-
-
 def test_model_from_a_local_registry_is_uploaded_as_an_mlflow_model(monkeypatch, tmp_path):
     import mlflow
 
