@@ -40,3 +40,9 @@ def arm_list(client: PipelineClient, path: str, params: dict) -> Iterator[dict]:
     while page.get("nextLink"):
         page = arm_request(client, "GET", page["nextLink"])
         yield from page.get("value", [])
+
+
+def arm_error(error) -> str:
+    """An azure-core HttpResponseError from ARM in one line: status, ARM's error code and message."""
+    detail = f"{error.error.code}: {error.error.message}" if error.error else error.reason
+    return f"{error.status_code} ({detail})"

@@ -37,7 +37,7 @@ from azure.ai.ml.entities import (
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from omegaconf import OmegaConf
 
-from common.azure_arm import arm_client, arm_list, arm_request
+from common.azure_arm import arm_client, arm_error, arm_list, arm_request
 from common.paths import PROJECT_ROOT
 from common.payloads import Shape, parse_answer
 from deploy.config import IdentityType, OnFailure
@@ -413,9 +413,8 @@ def preflight_roles(client, endpoint_cfg, transport=None) -> list[str]:
             arm, principal, {group} | {s for s, _ in needed.values() if not covers(group, s)}
         )
     except HttpResponseError as e:
-        detail = f"{e.error.code}: {e.error.message}" if e.error else e.reason
         raise DeployError(
-            f"role preflight for {identity_id}: ARM answered {e.status_code} ({detail}); nothing was deployed. "
+            f"role preflight for {identity_id}: ARM answered {arm_error(e)}; nothing was deployed. "
             "Fix that, or skip the check with target.preflight.roles=false"
         ) from e
     missing = {
