@@ -154,7 +154,7 @@ def run_deploy(workspace, *overrides):
 def test_entities_as_azure_receives_them(tmp_path):
     """The ARM request bodies azure-ai-ml builds from our entities (its own serialisation)."""
     cfg = deploy_config(
-        "target.deployment.instance_type=Standard_NC6s_v3", "target.deployment.instance_count=2"
+        "target.deployment.instance_type=Standard_NC24ads_A100_v4", "target.deployment.instance_count=2"
     )
     endpoint = azureml.endpoint_entity(cfg.target.endpoint)._to_rest_online_endpoint("westeurope")
     assert (endpoint.properties.auth_mode, endpoint.identity.type) == ("Key", "UserAssigned")
@@ -172,7 +172,7 @@ def test_entities_as_azure_receives_them(tmp_path):
     body = deployment._to_rest_object(location="westeurope").as_dict()
     assert body["sku"] == {"name": "Default", "capacity": 2}
     properties = body["properties"]
-    assert properties["instanceType"] == "Standard_NC6s_v3"
+    assert properties["instanceType"] == "Standard_NC24ads_A100_v4"
     assert properties["requestSettings"] == {
         "requestTimeout": "PT1M30S",
         "maxConcurrentRequestsPerInstance": 1,
