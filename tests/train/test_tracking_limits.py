@@ -46,7 +46,7 @@ def test_the_51st_metric_name_stops_with_the_names_not_a_refused_batch(tmp_path)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     callback, state = tracking.MetricsOnlyMLflowCallback(), TrainerState(global_step=7)
     try:
-        with mlflow.start_run() as run:
+        with mlflow.start_run(experiment_id=mlflow.create_experiment("limits")) as run:
             mlflow.log_metrics({f"data_{i}": 1.0 for i in range(10)})  # logged before training
             callback.on_log(None, state, TrainerControl(), {f"m{i}": 0.5 for i in range(39)} | {"epoch": 1})
             with pytest.raises(tracking.TrackingLimitError, match=r"51 metric names.*step 7: \['m39'\]"):
