@@ -15,6 +15,7 @@ with the `common` modules it imports (`scoring_code_dir`).
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import shutil
@@ -33,9 +34,10 @@ from azure.ai.ml.entities import (
     OnlineRequestSettings,
     ProbeSettings,
 )
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from omegaconf import OmegaConf
 
+from common.azure_arm import arm_client, arm_error, arm_list, arm_request
 from common.paths import PROJECT_ROOT
 from common.payloads import Shape, parse_answer
 from deploy.config import IdentityType, OnFailure
@@ -325,89 +327,115 @@ def teardown(client, endpoint_name: str, confirm: str | None, deployment: str | 
 
 # ---------------------------------------------------------------- identity roles preflight
 
-# Role definition ids (the same in every tenant) the seeds grant the endpoint's identity.
-REQUIRED_ROLES = {
-    "Storage Blob Data Reader": ("2a2b9908-6ea1-4ae2-8e65-a410df84e7d1", "storage_account"),
-    "AcrPull": ("7f951dda-4ed3-4680-a7ca-43fe172d538d", "container_registry"),
-    "Contributor": ("b24988ac-6180-42a0-ab88-20f7382dd24c", "resource_group"),
+# What a user-assigned endpoint identity needs, by the role Azure documents for it
+# (concept-endpoints-online-auth: Azure assigns these to a system-assigned identity itself and to a
+# user-assigned one never; how-to-access-resources-from-endpoints-managed-identities). Contributor
+# is not needed. Checked by what the identity's roles permit, read from their role definitions, so
+# Owner or a custom role counts too.
+# role -> (the workspace's resource it is granted on, the permission the endpoint uses there)
+ENDPOINT_ROLES = {
+    "AcrPull": ("container_registry", "Microsoft.ContainerRegistry/registries/pull/read"),
+    "Storage Blob Data Reader": (
+        "storage_account",
+        "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read",  # a data action
+    ),
+    "AzureML Metrics Writer (preview)": (
+        "id",
+        "Microsoft.MachineLearningServices/workspaces/metrics/resource/write",
+    ),
 }
-ARM = "https://management.azure.com"
+OPTIONAL_ROLES = {"AzureML Metrics Writer (preview)"}  # only the endpoint's metrics in the workspace need it
+ROLE_API = "2022-04-01"  # REST "Role Assignments - List For Scope", "Role Definitions - Get"
 
 
-def required_assignments(workspace, subscription_id: str, resource_group: str) -> list[tuple[str, str, str]]:
-    """(role name, role definition id, scope) the endpoint identity needs on this workspace."""
-    scopes = {
-        "storage_account": workspace.storage_account,
-        "container_registry": workspace.container_registry,
-        "resource_group": f"/subscriptions/{subscription_id}/resourceGroups/{resource_group}",
-    }
-    return [(role, role_id, scopes[kind]) for role, (role_id, kind) in REQUIRED_ROLES.items() if scopes[kind]]
+def permits(definition: dict, permission: str) -> bool:
+    """Whether a role definition grants `permission`: one of its patterns matches (`*` is the
+    wildcard; case-insensitive) and none of the matching block's exclusions do."""
+    allow, deny = ("dataActions", "notDataActions") if "/blobs/" in permission else ("actions", "notActions")
 
+    def matches(patterns):
+        return any(fnmatch.fnmatchcase(permission.lower(), p.lower()) for p in patterns)
 
-def missing_roles(assignments: list[dict], required: list[tuple[str, str, str]]) -> list[tuple[str, str]]:
-    """(role, scope) pairs not granted; an assignment on a parent scope (inherited) counts."""
-    have = [
-        (
-            a["properties"]["roleDefinitionId"].rsplit("/", 1)[-1].lower(),
-            a["properties"]["scope"].rstrip("/").lower(),
-        )
-        for a in assignments
-    ]
-    missing = []
-    for role, role_id, scope in required:
-        scope_l = scope.lower()
-        if not any(rid == role_id and (scope_l == s or scope_l.startswith(s + "/")) for rid, s in have):
-            missing.append((role, scope))
-    return missing
-
-
-def _arm_getter(credential):
-    from azure.core import PipelineClient
-    from azure.core.pipeline.policies import BearerTokenCredentialPolicy, RetryPolicy
-
-    pipeline = PipelineClient(
-        ARM, policies=[RetryPolicy(), BearerTokenCredentialPolicy(credential, f"{ARM}/.default")]
+    return any(
+        matches(block.get(allow, [])) and not matches(block.get(deny, []))
+        for block in definition["properties"]["permissions"]
     )
 
-    def get(path: str, params: dict) -> dict:
-        response = pipeline.send_request(pipeline.get(f"{ARM}{path}", params=params))
-        response.raise_for_status()
-        return response.json()
 
-    return get
+def covers(assignment_scope: str, resource: str) -> bool:
+    """An assignment at a resource's own scope or at a parent of it (inherited)."""
+    scope, resource = assignment_scope.rstrip("/").lower(), resource.lower()
+    return scope in ("", resource) or resource.startswith(scope + "/")
 
 
-def preflight_roles(client, endpoint_cfg, arm_get=None) -> list[str]:
-    """Report the endpoint identity's missing role assignments before anything is created.
+def role_grants(arm, principal: str, scopes: set[str]) -> list[tuple[str, dict]]:
+    """(scope, role definition) of every role assignment of `principal` at, above or below `scopes`."""
+    params = {"api-version": ROLE_API, "$filter": f"principalId eq '{principal}'"}
+    assignments = [
+        a["properties"]
+        for scope in sorted(scopes)
+        for a in arm_list(arm, f"{scope}/providers/Microsoft.Authorization/roleAssignments", params)
+    ]
+    ids = {a["roleDefinitionId"] for a in assignments}
+    definitions = {i: arm_request(arm, "GET", i, {"api-version": ROLE_API}) for i in ids}
+    return [(a["scope"], definitions[a["roleDefinitionId"]]) for a in assignments]
 
-    Raises DeployError listing the `az role assignment create` commands for what is
-    missing; returns notes when all is granted or the check could not run.
+
+def preflight_roles(client, endpoint_cfg, transport=None) -> list[str]:
+    """Check, through ARM, that the endpoint identity may do what a deployment does with it.
+
+    Raises DeployError listing the `az role assignment create` commands for a missing required
+    role, or when ARM cannot be read; returns what was checked and notes. `transport` (an
+    azure-core transport) is injectable.
     """
     if endpoint_cfg.identity_type is not IdentityType.user_assigned:
-        return [
-            "system-assigned identity: Azure creates it with the endpoint; grant its roles after the first deploy"
-        ]
-    arm_get = arm_get or _arm_getter(client._credential)
-    sub, rg = client.subscription_id, client.resource_group_name
+        return ["system-assigned identity: Azure assigns its roles itself (concept-endpoints-online-auth)"]
+    identity_id = endpoint_cfg.user_assigned_identity_id
+    workspace = client.workspaces.get(client.workspace_name)
+    needed = {
+        role: (getattr(workspace, attribute), permission)
+        for role, (attribute, permission) in ENDPOINT_ROLES.items()
+    }
+    notes = [
+        f"{role}: the workspace has no {ENDPOINT_ROLES[role][0]} yet; grant it on that once Azure creates it"
+        for role, (scope, _) in needed.items()
+        if not scope
+    ]
+    needed = {role: need for role, need in needed.items() if need[0]}
+    group = f"/subscriptions/{client.subscription_id}/resourceGroups/{client.resource_group_name}"
+    arm = arm_client(client._credential, transport)
     try:
-        identity = arm_get(endpoint_cfg.user_assigned_identity_id, {"api-version": "2023-01-31"})
-        principal = identity["properties"]["principalId"]
-        assignments = arm_get(
-            f"/subscriptions/{sub}/providers/Microsoft.Authorization/roleAssignments",
-            {"api-version": "2022-04-01", "$filter": f"principalId eq '{principal}'"},
-        )["value"]
-        workspace = client.workspaces.get(client.workspace_name)
-    except Exception as e:  # no ARM read access: say so, do not block on what cannot be seen
-        return [f"could not read the identity's role assignments ({type(e).__name__}: {e}); not checked"]
-    missing = missing_roles(assignments, required_assignments(workspace, sub, rg))
-    if missing:
-        fixes = "\n".join(
-            f"  az role assignment create --assignee-object-id {principal} --assignee-principal-type "
-            f'ServicePrincipal --role "{role}" --scope {scope}'
-            for role, scope in missing
+        principal = arm_request(arm, "GET", identity_id, {"api-version": "2023-01-31"})["properties"][
+            "principalId"
+        ]
+        # The resource group's list holds assignments above and below it; a resource elsewhere gets its own.
+        grants = role_grants(
+            arm, principal, {group} | {s for s, _ in needed.values() if not covers(group, s)}
         )
+    except HttpResponseError as e:
         raise DeployError(
-            f"the endpoint identity {endpoint_cfg.user_assigned_identity_id} lacks "
-            f"{', '.join(r for r, _ in missing)}; nothing was deployed. Grant them (then wait a few minutes):\n{fixes}"
+            f"role preflight for {identity_id}: ARM answered {arm_error(e)}; nothing was deployed. "
+            "Fix that, or skip the check with target.preflight.roles=false"
+        ) from e
+    missing = {
+        role: scope
+        for role, (scope, permission) in needed.items()
+        if not any(
+            covers(granted_at, scope) and permits(definition, permission) for granted_at, definition in grants
         )
-    return [f"identity has {', '.join(REQUIRED_ROLES)}"]
+    }
+    fixes = {
+        role: f"  az role assignment create --assignee-object-id {principal} --assignee-principal-type "
+        f'ServicePrincipal --role "{role}" --scope {scope}'
+        for role, scope in missing.items()
+    }
+    required = [role for role in missing if role not in OPTIONAL_ROLES]
+    if required:
+        raise DeployError(
+            f"the endpoint identity {identity_id} lacks {', '.join(required)}; nothing was deployed. "
+            "Grant (then wait a few minutes):\n" + "\n".join(fixes[role] for role in required)
+        )
+    notes += [
+        f"{role} missing (the endpoint's metrics only); grant it with:\n{fixes[role]}" for role in missing
+    ]
+    return [f"identity has {', '.join(role for role in needed if role not in missing)}", *notes]

@@ -8,10 +8,13 @@
 # (`azmlinfsrv`, port 5001) from this image's PATH.
 #
 # Local build and run, from the repository root (needs a Docker engine; this project's
-# dev/CI machines have none, tests/deploy/test_environment.py checks the pins statically):
+# dev/CI machines have none: tests/deploy/test_environment.py checks the pins statically, and
+# tests/deploy/test_score_in_azmlinfsrv.py runs score.py under azmlinfsrv from the same
+# requirements). The code folder is the deployment's snapshot: score.py with common/ beside it
+# (deploy/azureml.py:scoring_code_dir).
 #   docker build -f docker/serve.Dockerfile -t finetune-phi-serve docker
 #   docker run -p 127.0.0.1:5001:5001 -v /path/to/mlflow/model:/model -e AZUREML_MODEL_DIR=/model \
-#     -v "$PWD/deploy/scoring":/app finetune-phi-serve azmlinfsrv --entry_script /app/score.py
+#     -v /path/to/snapshot:/app finetune-phi-serve azmlinfsrv --entry_script /app/score.py
 FROM mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest
 
 # The base image's conda makes a Python 3.11 prefix; everything else comes from the pins.
@@ -20,5 +23,10 @@ RUN conda create -y -p /opt/serve python=3.11 pip \
     && /opt/serve/bin/pip install --no-cache-dir -r /tmp/serve.requirements.txt \
     && conda clean -afy
 
-ENV PATH=/opt/serve/bin:$PATH \
+# Azure's runit script for the server puts $AZUREML_CONDA_ENVIRONMENT_PATH/lib first on
+# LD_LIBRARY_PATH, or else the base image's conda lib: name this prefix, as azureml-examples'
+# custom-container Dockerfiles do (cli/endpoints/online/custom-container/minimal/single-model).
+ENV AZUREML_CONDA_ENVIRONMENT_PATH=/opt/serve \
+    PATH=/opt/serve/bin:$PATH \
+    LD_LIBRARY_PATH=/opt/serve/lib:$LD_LIBRARY_PATH \
     PYTHONUNBUFFERED=1

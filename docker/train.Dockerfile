@@ -1,9 +1,11 @@
-# Training image: the project's pinned stack (constraints.txt, exactly) on Python 3.11 and
-# the CUDA release that torch 2.13.0's PyPI wheels are built for: CUDA 13.0 (torch pins
-# cuda-toolkit 13.0.3, which pins its nvidia-* library wheels exactly; the base adds the
-# NVIDIA container settings; hosts need a driver >= 580). It holds dependencies only: the
-# code comes from the Azure ML job's code snapshot, or from the checkout mounted at run time,
-# so code changes never rebuild the image.
+# Training image: the project's pinned stack (constraints.txt, exactly) on Python 3.11. torch
+# 2.13.0's PyPI wheels are CUDA 13.0 builds that bring the CUDA libraries as nvidia-* wheels
+# (torch pins cuda-toolkit 13.0.3), so the base image only adds the NVIDIA container settings;
+# hosts need a driver >= 580. The base is Azure ML's own newest CUDA image, from Microsoft's
+# registry (the tag azureml-mlflow's azureml_base_images.json lists; azureml-examples use it):
+# an ACR task pulling from Docker Hub instead runs into its anonymous pull limits. It holds
+# dependencies only: the code comes from the Azure ML job's code snapshot, or from the checkout
+# mounted at run time, so code changes never rebuild the image.
 #
 # Local build and run (from the repository root; docker/train.Dockerfile.dockerignore keeps
 # the context to constraints.txt):
@@ -15,10 +17,10 @@
 # this Dockerfile and constraints.txt). Not buildable on this project's dev/CI machines: they
 # have no Docker engine; tests/train/test_azureml_environment.py checks it against
 # constraints.txt statically.
-FROM nvidia/cuda:13.0.2-base-ubuntu24.04
+FROM mcr.microsoft.com/azureml/openmpi5.0-cuda12.6-ubuntu24.04:20260121.v1
 
-# uv, the same version as the Makefile's UV_VERSION.
-COPY --from=ghcr.io/astral-sh/uv:0.13.9 /uv /usr/local/bin/uv
+# uv from PyPI (the base image's conda Python installs it), the same version as the Makefile's.
+RUN python -m pip install --no-cache-dir uv==0.13.9
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \

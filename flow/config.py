@@ -35,6 +35,7 @@ class AzureMLTarget:
     endpoint_name: str = MISSING
     deployment: str | None = None
     payload: Shape = Shape.seedB
+    workspace_connection: bool = True
     workspace: WorkspaceSettings = field(default_factory=WorkspaceSettings)
 
 

@@ -8,7 +8,8 @@ The CustomConnection (`name`, for flow/chat and flow/standard) holds `endpoint`,
 `timeout_s`, `max_retries` (and `deployment`) in its configs and the key in its secrets. For the
 local server, an OpenAIConnection (`openai_name`, for flow/openai_chat: promptflow's own LLM
 tool) holds the server's OpenAI base URL (http://HOST:PORT/v1) and the same key as its api_key;
-Azure's deployment serves only /score, so there is none for it. promptflow encrypts secrets in
+Azure's deployment serves only /score, so there is none for it; its CustomConnection is also
+created in the Azure ML workspace, where flows run in the cloud look it up by name. promptflow encrypts secrets in
 its local store (~/.promptflow, or PF_HOME_DIRECTORY); the key is never printed, logged or
 written elsewhere.
 """
@@ -29,6 +30,7 @@ from flow.config import register_configs
 log = logging.getLogger(__name__)
 
 NO_KEY = "none"  # promptflow requires a non-empty secret; configs.auth=none says to send none
+CONNECTIONS_API = "2025-06-01"  # the version REST "Workspace Connections - Create" documents
 
 
 @dataclass(frozen=True)
@@ -49,21 +51,16 @@ def local_endpoint(target: DictConfig, environ=os.environ) -> Endpoint:
     )
 
 
-def azureml_endpoint(target: DictConfig, client=None) -> Endpoint:
-    """An Azure ML online endpoint's scoring URI and key, fetched with azure-ai-ml.
+def azureml_endpoint(target: DictConfig, client) -> Endpoint:
+    """An Azure ML online endpoint's scoring URI and key, fetched with azure-ai-ml's MLClient."""
+    from common.azure_workspace import endpoint_credentials
 
-    `client` is an MLClient (injectable); by default one is built from `target.workspace`.
-    """
-    from common.azure_workspace import WorkspaceSettings, endpoint_credentials, ml_client
-
-    name = target.endpoint_name  # fails first, naming the key, when it is not given
-    client = client or ml_client(WorkspaceSettings.from_config(target.workspace))
-    credentials = endpoint_credentials(client, name)
+    credentials = endpoint_credentials(client, target.endpoint_name)
     if credentials.expires:
         log.warning(
             "endpoint %r uses auth_mode aml_token: the stored token expires at %s; re-run this "
             "command after that (or switch the endpoint to auth_mode key)",
-            name,
+            target.endpoint_name,
             credentials.expires,
         )
     return Endpoint(url=credentials.scoring_uri, key=credentials.key, deployment=target.deployment or "")
@@ -87,6 +84,49 @@ def build_connection(cfg: DictConfig, endpoint: Endpoint):
     return CustomConnection(name=cfg.name, configs=configs, secrets={"key": endpoint.key or NO_KEY})
 
 
+def workspace_connection_body(connection) -> dict:
+    """The ARM body of `connection` as prompt flow reads it back from a workspace.
+
+    REST "Workspace Connections - Create" with CustomKeysWorkspaceConnectionProperties: the secrets
+    under credentials.keys, the configs in metadata, plus the `azureml.flow.*` keys promptflow's
+    WorkspaceConnectionProvider uses to rebuild a CustomConnection. azure-ai-ml 1.35 has no custom
+    connection entity: its WorkspaceConnection(type="custom") sends authType ApiKey, which that
+    provider cannot read ("'WorkspaceConnectionApiKey' object has no attribute 'keys'").
+    """
+    return {
+        "properties": {
+            "category": "CustomKeys",
+            "authType": "CustomKeys",
+            "target": connection.configs["endpoint"],
+            "credentials": {"keys": dict(connection.secrets)},
+            "metadata": {
+                **connection.configs,
+                "azureml.flow.connection_type": "Custom",
+                "azureml.flow.module": "promptflow.connections",
+            },
+            "isSharedToAll": True,  # as azure-ai-ml creates connections: for every user of the workspace
+        }
+    }
+
+
+def create_workspace_connection(client, connection, transport=None) -> dict:
+    """Create or replace `connection` in the MLClient's workspace (ARM PUT with its credential);
+    returns ARM's answer, which carries no secrets. `transport` (azure-core) is injectable."""
+    from common.azure_arm import arm_client, arm_request
+
+    workspace = (
+        f"/subscriptions/{client.subscription_id}/resourceGroups/{client.resource_group_name}"
+        f"/providers/Microsoft.MachineLearningServices/workspaces/{client.workspace_name}"
+    )
+    return arm_request(
+        arm_client(client._credential, transport),
+        "PUT",
+        f"{workspace}/connections/{connection.name}",
+        {"api-version": CONNECTIONS_API},
+        json=workspace_connection_body(connection),
+    )
+
+
 def build_openai_connection(cfg: DictConfig, endpoint: Endpoint):
     """promptflow's OpenAIConnection for the LLM tool: the server's /v1 and its key (any non-empty
     api_key for a server without one: the openai client refuses an empty key)."""
@@ -97,14 +137,21 @@ def build_openai_connection(cfg: DictConfig, endpoint: Endpoint):
     )
 
 
-def connect(cfg: DictConfig, client=None, pf=None, environ=os.environ):
+def connect(cfg: DictConfig, client=None, pf=None, environ=os.environ, arm_transport=None):
     """Fetch the target's endpoint and store it as `cfg.name` (and, where it speaks OpenAI's API,
     as `cfg.openai_name`); returns the stored CustomConnection (its secrets scrubbed, as
     promptflow returns them). A local target's key is read from `environ` (the variable
-    `target.key_env` names)."""
+    `target.key_env` names). An Azure ML target's connection is also created in the workspace
+    (`target.workspace_connection`). `client` (an MLClient), `pf` (a PFClient) and
+    `arm_transport` (azure-core) are injectable."""
     if cfg.target.name == "local":
         endpoint = local_endpoint(cfg.target, environ)
     else:
+        from common.azure_workspace import WorkspaceSettings, ml_client
+
+        name = cfg.target.endpoint_name  # a missing name fails first, naming the key
+        client = client or ml_client(WorkspaceSettings.from_config(cfg.target.workspace))
+        log.info("fetching the scoring URI and key of endpoint %s", name)
         endpoint = azureml_endpoint(cfg.target, client)
     connection = build_connection(cfg, endpoint)
     if cfg.telemetry is not None:
@@ -120,6 +167,20 @@ def connect(cfg: DictConfig, client=None, pf=None, environ=os.environ):
         log.warning(
             "connection %r pointed at %s; it now points at %s", connection.name, previous, endpoint.url
         )
+    if cfg.target.name == "azureml" and cfg.target.workspace_connection:
+        from azure.core.exceptions import HttpResponseError
+
+        from common.azure_arm import arm_error
+
+        try:
+            create_workspace_connection(client, connection, arm_transport)
+        except HttpResponseError as e:
+            raise RuntimeError(
+                f"creating connection {connection.name!r} in workspace {client.workspace_name}: ARM answered "
+                f"{arm_error(e)}; nothing was stored. Fix that, or keep the connection local only: "
+                "target.workspace_connection=false"
+            ) from None
+        log.info("connection %r created in workspace %s", connection.name, client.workspace_name)
     pf.connections.create_or_update(connection)
     if endpoint.openai_base_url:
         pf.connections.create_or_update(build_openai_connection(cfg, endpoint))
@@ -158,6 +219,10 @@ def main(cfg: DictConfig) -> None:
     else:
         print(
             f"  key: none (${cfg.target.get('key_env', 'KEY')} was not set; the server must run without one)"
+        )
+    if cfg.target.name == "azureml" and cfg.target.workspace_connection:
+        print(
+            f"  also in the Azure ML workspace as {stored.name!r}, for flows run there (key kept by the workspace)"
         )
     if cfg.target.name == "local":
         base_url = local_endpoint(cfg.target).openai_base_url

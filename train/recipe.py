@@ -201,7 +201,7 @@ def train(cfg: DictConfig, setup: Setup) -> dict[str, float]:
 def log_results(setup: Setup, metrics: dict[str, float], answers: list[dict]) -> None:
     """The final metrics, the held-out answers as a table and the loss curve."""
     if answers:
-        mlflow.log_table(
+        tracking.log_table(  # mlflow.log_table fails on Azure ML's tracking server: see there
             {k: [a[k] for a in answers] for k in ("prompt", "reference", "answer")}, "eval/answers.json"
         )
     mlflow.log_metrics(metrics)
@@ -228,8 +228,7 @@ def log_and_register(cfg: DictConfig, setup: Setup, metrics: dict[str, float], r
     }
     log.info("logging the model to MLflow as an llm/v1/chat model")
     adapter_only = with_peft and cfg.logger.peft_save == PeftSave.adapter
-    _, version = tracking.log_chat_model(final, setup.tokenizer, cfg.logger, adapter_only, tags)
-    return version
+    return tracking.log_chat_model(final, setup.tokenizer, cfg.logger, adapter_only, tags)
 
 
 def summarize(setup: Setup, metrics: dict[str, float], run_id: str, version) -> dict[str, float]:

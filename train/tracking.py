@@ -1,9 +1,13 @@
-"""MLflow for the recipe: params within Azure ML's limits, metrics, artifacts, the chat model.
+"""MLflow for the recipe: params, tags and metrics within Azure ML's limits, artifacts, the chat model.
 
 The seed recipe switched MLflow off (DISABLE_MLFLOW_INTEGRATION) because transformers'
 MLflowCallback logs every TrainingArguments field and the model config, over Azure ML's
 200-param limit. Here the recipe logs a flattened, bounded set of params itself and the
 callback only logs metrics.
+
+The same calls serve every tracking server: a local sqlite store, an MLflow server (2.x included)
+and an Azure ML workspace (inside a job, through azureml-mlflow). They avoid what Azure's server
+lacks: MLflow 3's logged-models API (see `log_chat_model`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import importlib.metadata
 import json
 import logging
 import subprocess
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -21,9 +26,23 @@ from transformers.integrations import MLflowCallback
 
 log = logging.getLogger(__name__)
 
-# Azure ML rejects runs with more than 200 params; MLflow caps a value at 6000 chars.
+# Azure ML's limits per run (learn.microsoft.com/azure/machine-learning/resource-limits-capacity,
+# "Runs" and "Metrics"); 200 params is its server's answer past it (azure-sdk-for-python#35685).
 MAX_PARAMS = 200
-MAX_PARAM_VALUE = 500
+MAX_PARAM_VALUE = 500  # MLflow itself caps a value at 6000 chars
+MAX_TAGS = 50
+MAX_TAG_KEY = 100
+MAX_TAG_VALUE = 1000
+MAX_METRIC_NAMES = 50
+# The run's tags besides `logger.tags`: the recipe's own (profile, hydra.overrides, run_id,
+# world_size, data_dir, resumed_from, interrupted_at_step) and MLflow's system tags
+# (mlflow.user, mlflow.source.*, mlflow.runName, mlflow.parentRunId, ...).
+RESERVED_TAGS = 20
+MODEL_ARTIFACT_PATH = "model"  # the run's model/ folder: azureml://jobs/<job>/outputs/artifacts/paths/model/
+
+
+class TrackingLimitError(ValueError):
+    """What the run would log exceeds a limit of Azure ML's tracking server; says which and what to do."""
 
 
 class MetricsOnlyMLflowCallback(MLflowCallback):
@@ -32,12 +51,28 @@ class MetricsOnlyMLflowCallback(MLflowCallback):
     Its `on_log` logs train/eval metrics (loss, learning rate, grad norm, tokens/s) to the
     run the recipe opened; params, the run's lifetime and the model stay with the recipe.
     `setup` is the only place the parent logs params, so it is replaced by the state
-    `on_log` needs.
+    `on_log` needs. A metric name past Azure ML's 50 per run stops with TrackingLimitError
+    naming them, where the server would refuse the batch.
     """
 
     def setup(self, args, state, model):
         self._async_log = True
         self._initialized = True
+        active = mlflow.active_run()  # names the run holds already (data_*, or before a resume)
+        self._metric_names = set(mlflow.get_run(active.info.run_id).data.metrics) if active else set()
+
+    def on_log(self, args, state, control, logs, model=None, **kwargs):
+        if state.is_world_process_zero and mlflow.active_run():
+            if not self._initialized:
+                self.setup(args, state, model)
+            names = self._metric_names | {k for k, v in logs.items() if isinstance(v, int | float)}
+            if len(names) > MAX_METRIC_NAMES:
+                raise TrackingLimitError(
+                    f"the run would log {len(names)} metric names, over Azure ML's limit of {MAX_METRIC_NAMES} "
+                    f"per run; new at step {state.global_step}: {sorted(names - self._metric_names)}"
+                )
+            self._metric_names = names
+        super().on_log(args, state, control, logs, model=model, **kwargs)
 
 
 def tracking_uri(logger_cfg) -> str:
@@ -47,8 +82,27 @@ def tracking_uri(logger_cfg) -> str:
     return uri
 
 
+def check_logger_tags(logger_cfg) -> None:
+    """`logger.tags` against Azure ML's tag limits, before the run starts."""
+    tags = dict(logger_cfg.tags or {})
+    if len(tags) > MAX_TAGS - RESERVED_TAGS:
+        raise TrackingLimitError(
+            f"logger.tags has {len(tags)} tags; with the recipe's own a run may carry {MAX_TAGS} "
+            f"(Azure ML's limit), so at most {MAX_TAGS - RESERVED_TAGS} here"
+        )
+    for key, value in tags.items():
+        if len(key) > MAX_TAG_KEY or len(str(value)) > MAX_TAG_VALUE:
+            raise TrackingLimitError(
+                f"logger.tags.{key}: Azure ML takes tag keys up to {MAX_TAG_KEY} characters and values up to "
+                f"{MAX_TAG_VALUE} (this key has {len(key)}, its value {len(str(value))}); log longer text "
+                "as an artifact"
+            )
+
+
 def start_experiment(logger_cfg, artifact_root: Path) -> str:
-    """Point MLflow at the configured store and return the experiment id."""
+    """Point MLflow at the configured store and return the experiment id (after checking the
+    configured tags, so a run that would be refused stops before it starts)."""
+    check_logger_tags(logger_cfg)
     mlflow.set_tracking_uri(tracking_uri(logger_cfg))
     experiment = mlflow.get_experiment_by_name(logger_cfg.experiment_name)
     if experiment is None:
@@ -71,7 +125,7 @@ def flatten_params(cfg: DictConfig, sft_defaults: dict) -> dict[str, str]:
             params[f"sft.{key}"] = value
     flat = {k: str(v)[:MAX_PARAM_VALUE] for k, v in params.items()}
     if len(flat) > MAX_PARAMS:
-        raise ValueError(
+        raise TrackingLimitError(
             f"{len(flat)} params exceed Azure ML's limit of {MAX_PARAMS}; "
             "reduce the number of sft overrides (the full config is logged as an artifact)"
         )
@@ -133,6 +187,23 @@ def log_tokenizer_artifacts(tokenizer, out_dir: Path) -> None:
     mlflow.log_artifacts(str(out_dir), artifact_path="tokenizer")
 
 
+def log_table(data: dict[str, list], artifact_file: str) -> None:
+    """`mlflow.log_table` for a table the run logs once, without its read-back: MLflow's lists the
+    run's artifacts first (to append to an existing table), and in MLflow 3 that listing searches
+    logged models, which Azure ML's tracking server and MLflow 2.x servers answer with 404
+    (azure-sdk-for-python#44896). The same file (pandas' split orient) and the same run tag, so
+    `MlflowClient.load_table` and the MLflow UI read it as MLflow's own."""
+    import pandas as pd
+    from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+    mlflow.log_text(pd.DataFrame(data).to_json(orient="split", index=False, date_format="iso"), artifact_file)
+    tags = mlflow.get_run(mlflow.active_run().info.run_id).data.tags
+    tables = json.loads(tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+    entry = {"path": artifact_file, "type": "table"}
+    if entry not in tables:
+        mlflow.set_tag(MLFLOW_LOGGED_ARTIFACTS, json.dumps([*tables, entry]))
+
+
 def log_prepared_data(prepared) -> None:
     """Where the data came from and what preparation kept, dropped and counted (data/ artifacts)."""
     mlflow.set_tag("data_dir", str(prepared.dir))
@@ -153,21 +224,31 @@ def log_prepared_data(prepared) -> None:
 
 
 def log_chat_model(model, tokenizer, logger_cfg, with_peft: bool, tags: dict[str, str]):
-    """Log the model as an MLflow transformers chat model and register it; returns the
-    registered ModelVersion (or None when registration is off)."""
-    model_info = mlflow.transformers.log_model(
-        transformers_model={"model": model, "tokenizer": tokenizer},
-        name="model",
-        task="llm/v1/chat",
-        pip_requirements=pip_requirements(with_peft),
-        registered_model_name=logger_cfg.registered_model_name,
-    )
-    version = None
-    if logger_cfg.registered_model_name:
-        client = MlflowClient()
-        version = client.get_model_version(
-            logger_cfg.registered_model_name, model_info.registered_model_version
+    """Log the model to the active run as an MLflow transformers `llm/v1/chat` model at `model/`,
+    register it and tag the version; returns the ModelVersion (None when registration is off).
+
+    Not `mlflow.transformers.log_model`: in MLflow 3 it starts with the logged-models API
+    (POST /api/2.0/mlflow/logged-models), which Azure ML's tracking server answers with 404
+    (azure-sdk-for-python#44896), as do MLflow 2.x servers, and it stores the model under the logged
+    model, not at the run's `model/` folder deploy registers from in a job. `save_model` +
+    `log_artifacts` + `register_model("runs:/...")` use only run artifacts and the registry, which
+    every server has: the workaround Microsoft gives in #44896, and the registration Azure documents
+    (how-to-manage-models-mlflow).
+    """
+    run_id = mlflow.active_run().info.run_id
+    with tempfile.TemporaryDirectory(prefix="finetune-phi-model-") as tmp:
+        saved = Path(tmp) / MODEL_ARTIFACT_PATH
+        mlflow.transformers.save_model(
+            transformers_model={"model": model, "tokenizer": tokenizer},
+            path=str(saved),
+            task="llm/v1/chat",
+            pip_requirements=pip_requirements(with_peft),
         )
-        for key, value in tags.items():
-            client.set_model_version_tag(version.name, version.version, key, value)
-    return model_info, version
+        mlflow.log_artifacts(str(saved), artifact_path=MODEL_ARTIFACT_PATH)
+    if not logger_cfg.registered_model_name:
+        return None
+    version = mlflow.register_model(f"runs:/{run_id}/{MODEL_ARTIFACT_PATH}", logger_cfg.registered_model_name)
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(version.name, version.version, key, value)
+    return version

@@ -21,11 +21,23 @@ and generator training's evaluation uses), with the parameters mapped by
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Azure's inference server (azmlinfsrv) puts the cwd and AML_APP_ROOT on sys.path, never this
+# file's folder, which in the deployment's code snapshot holds `common/` beside this file
+# (deploy/azureml.py:scoring_code_dir): add it, so `common` imports however the server is started.
+# It also runs this file without registering it in sys.modules (importlib's
+# spec_from_file_location + exec_module), so no @dataclass here: with string annotations,
+# dataclasses looks the class's module up in sys.modules and the worker fails to boot
+# (python/cpython gh-140704). Dataclasses live in `common`, which is imported normally.
+if (Path(__file__).resolve().parent / "common").is_dir():
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 import logging
 import os
 import threading
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from common.generation import Generator

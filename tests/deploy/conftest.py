@@ -46,7 +46,7 @@ def log_model(tmp_path, model_dir: str, name: str = "tiny-phi3-sft", tokenizer=N
         mlflow.set_experiment("deploy-tests")
         with mlflow.start_run() as run:
             tracking.log_tokenizer_artifacts(tokenizer, tmp_path / f"tokenizer_info_{run.info.run_id}")
-            _, version = tracking.log_chat_model(
+            version = tracking.log_chat_model(
                 model,
                 served_tokenizer or tokenizer,
                 OmegaConf.create({"registered_model_name": name}),

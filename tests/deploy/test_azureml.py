@@ -154,7 +154,7 @@ def run_deploy(workspace, *overrides):
 def test_entities_as_azure_receives_them(tmp_path):
     """The ARM request bodies azure-ai-ml builds from our entities (its own serialisation)."""
     cfg = deploy_config(
-        "target.deployment.instance_type=Standard_NC6s_v3", "target.deployment.instance_count=2"
+        "target.deployment.instance_type=Standard_NC24ads_A100_v4", "target.deployment.instance_count=2"
     )
     endpoint = azureml.endpoint_entity(cfg.target.endpoint)._to_rest_online_endpoint("westeurope")
     assert (endpoint.properties.auth_mode, endpoint.identity.type) == ("Key", "UserAssigned")
@@ -172,7 +172,7 @@ def test_entities_as_azure_receives_them(tmp_path):
     body = deployment._to_rest_object(location="westeurope").as_dict()
     assert body["sku"] == {"name": "Default", "capacity": 2}
     properties = body["properties"]
-    assert properties["instanceType"] == "Standard_NC6s_v3"
+    assert properties["instanceType"] == "Standard_NC24ads_A100_v4"
     assert properties["requestSettings"] == {
         "requestTimeout": "PT1M30S",
         "maxConcurrentRequestsPerInstance": 1,
@@ -294,51 +294,6 @@ def test_status_lists_endpoints_deployments_and_traffic(capsys):
     rows = actions.run(deploy_config("action=status"), client=workspace.client())
     assert rows[0]["endpoint"] == "finetune-phi" and rows[0]["traffic"] == {"blue": 80, "green": 20}
     assert "finetune-phi" in capsys.readouterr().out
-
-
-def test_role_preflight_names_what_is_missing_and_how_to_grant_it():
-    cfg = deploy_config()
-    scopes = {
-        "storage": "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/st",
-        "acr": "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.ContainerRegistry/registries/cr",
-    }
-
-    class Workspaces:
-        def get(self, name):
-            return type(
-                "W", (), {"storage_account": scopes["storage"], "container_registry": scopes["acr"]}
-            )()
-
-    def assignment(role, scope):
-        role_id = azureml.REQUIRED_ROLES[role][0]
-        return {
-            "properties": {
-                "roleDefinitionId": f"/subscriptions/0000/providers/x/roleDefinitions/{role_id}",
-                "scope": scope,
-            }
-        }
-
-    granted = [
-        assignment("Storage Blob Data Reader", scopes["storage"]),
-        assignment("Contributor", "/subscriptions/0000/resourceGroups/rg"),
-    ]
-
-    def arm_get(path, params):
-        if path == IDENTITY:
-            return {"properties": {"principalId": "p-1"}}
-        assert params["$filter"] == "principalId eq 'p-1'"
-        return {"value": granted}
-
-    client = MLClient(FakeCredential(), "0000", "rg", "ws")
-    client._workspaces = Workspaces()
-    with pytest.raises(
-        azureml.DeployError, match=r"(?s)lacks AcrPull.*--role \"AcrPull\" --scope .*registries/cr"
-    ):
-        azureml.preflight_roles(client, cfg.target.endpoint, arm_get=arm_get)
-    granted.append(assignment("AcrPull", "/subscriptions/0000/resourceGroups/rg"))  # inherited from the group
-    assert azureml.preflight_roles(client, cfg.target.endpoint, arm_get=arm_get) == [
-        "identity has Storage Blob Data Reader, AcrPull, Contributor"
-    ]
 
 
 def test_model_from_a_local_registry_is_uploaded_as_an_mlflow_model(monkeypatch, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from deploy import environment
 
 
@@ -17,6 +19,18 @@ def test_serving_pins_are_the_project_pins_and_the_dockerfile_installs_them():
     assert lines[-1] == environment.AZURE_SERVER
     dockerfile = environment.DOCKERFILE.read_text(encoding="utf-8")
     assert "COPY serve.requirements.txt" in dockerfile and "-r /tmp/serve.requirements.txt" in dockerfile
+
+
+def test_the_image_names_its_python_prefix_for_azures_server_scripts():
+    """Azure's runit script for the inference server puts $AZUREML_CONDA_ENVIRONMENT_PATH/lib first on
+    LD_LIBRARY_PATH, or else the base image's conda lib, under the libraries of the prefix we install."""
+    dockerfile = environment.DOCKERFILE.read_text(encoding="utf-8")
+    prefix = re.search(r"conda create -y -p (\S+)", dockerfile)[1]
+    assert f"AZUREML_CONDA_ENVIRONMENT_PATH={prefix}" in dockerfile
+    assert (
+        f"LD_LIBRARY_PATH={prefix}/lib:$LD_LIBRARY_PATH" in dockerfile
+        and f"PATH={prefix}/bin:$PATH" in dockerfile
+    )
 
 
 def test_the_model_is_logged_with_the_versions_it_is_served_with():

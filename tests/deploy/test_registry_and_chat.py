@@ -105,7 +105,7 @@ def test_deploy_config_composes_for_both_targets_and_rejects_bad_actions():
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf" / "deploy"), version_base="1.3"):
         local = compose("deploy", overrides=["port=8001"])
         azure = compose(
-            "deploy", overrides=["target=azureml", "target.deployment.instance_type=Standard_NC6s_v3"]
+            "deploy", overrides=["target=azureml", "target.deployment.instance_type=Standard_NC24ads_A100_v4"]
         )
         bad = compose("deploy", overrides=["action=status"])
         for typo, named in (
@@ -119,7 +119,7 @@ def test_deploy_config_composes_for_both_targets_and_rejects_bad_actions():
             assert named in f"{error.value} {error.value.__cause__}"
     GlobalHydra.instance().clear()
     assert (local.target.name, local.port, local.key_env) == ("local", 8001, "FINETUNE_PHI_ENDPOINT_KEY")
-    assert azure.target.deployment.instance_type == "Standard_NC6s_v3"
+    assert azure.target.deployment.instance_type == "Standard_NC24ads_A100_v4"
     assert azure.target.endpoint.auth_mode.name == "key" and azure.target.traffic.new_percent == 100
     with pytest.raises(SystemExit, match="action=status needs target=azureml"):
         actions.run(bad)

@@ -1,21 +1,23 @@
 """`python -m flow.connect` stores the endpoint in a promptflow CustomConnection (local, or an
-Azure ML endpoint through azure-ai-ml's real MLClient over a recorded HTTP transport), and
-both flows run through promptflow's own runner (PFClient().test) against a loopback endpoint."""
+Azure ML endpoint through azure-ai-ml's real MLClient, and then in the workspace too, with ARM
+answering at the last layer), and both flows run through promptflow's own runner
+(PFClient().test) against a loopback endpoint."""
 
 from __future__ import annotations
 
-import io
 import json
+import logging
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
+from azure.ai.ml import MLClient
 
 from common.payloads import error_body
 from flow.connect import connect
+from tests.fake_arm import SUBSCRIPTION, WORKSPACE, ArmStandIn, FakeCredential
 from tests.flow.conftest import FLOW_DIR, PF_HOME, connect_config, port_and_route
 
 KEY = "s3cret-endpoint-key-for-tests"
@@ -90,9 +92,10 @@ def test_standard_flow_sends_one_prompt_with_the_flow_inputs(pf, local_connectio
 def test_chat_flow_sends_the_history(pf, local_connection, fake_endpoint):
     local_connection("openai")
     fake_endpoint.answer((200, {"choices": [{"message": {"role": "assistant", "content": "a3"}}]}))
+    # As promptflow records turns: every flow input, the question not first (read by name, not position).
     history = [
-        {"inputs": {"question": "q1"}, "outputs": {"answer": "a1"}},
-        {"inputs": {"question": "q2"}, "outputs": {"answer": "a2"}},
+        {"inputs": {"system_prompt": "be brief", "question": "q1"}, "outputs": {"answer": "a1"}},
+        {"inputs": {"system_prompt": "be brief", "question": "q2"}, "outputs": {"answer": "a2"}},
     ]
     inputs = {"question": "q3", "chat_history": history, "system_prompt": "be brief", "temperature": 0.7}
     inputs["do_sample"] = True
@@ -118,92 +121,130 @@ def test_the_connection_bounds_the_retries(pf, local_connection, fake_endpoint):
     assert len(fake_endpoint.requests) == 1
 
 
-# --- Azure ML: azure-ai-ml's own MLClient and entities, only the HTTP transport is ours. ---
+# --- Azure ML: azure-ai-ml's MLClient, azure-core's pipeline and promptflow's workspace connection
+# provider, all real; ARM answers its documented JSON at the last layer (tests/fake_arm.py). ---
 
-ENDPOINT_ID = (
-    "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/"
-    "Microsoft.MachineLearningServices/workspaces/ws/onlineEndpoints/phi3-ft"
-)
-
-
-def azure_rest_answers(auth_mode: str, scoring_uri: str | None) -> dict:
-    endpoint = {
-        "id": ENDPOINT_ID,
-        "name": "phi3-ft",
-        "type": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints",
-        "location": "westeurope",
-        "kind": "Managed",
-        "identity": {"type": "SystemAssigned"},
-        "tags": {},
-        "properties": {"authMode": auth_mode, "scoringUri": scoring_uri, "provisioningState": "Succeeded"},
-    }
-    return {
-        ("GET", "/onlineEndpoints/phi3-ft"): endpoint,
-        ("GET", "/onlineEndpoints/phi3-ft/deployments"): {"value": []},
-        ("POST", "/onlineEndpoints/phi3-ft/listKeys"): {"primaryKey": KEY, "secondaryKey": "other"},
-    }
+ENDPOINT = f"{WORKSPACE}/onlineEndpoints/phi3-ft"
+CONNECTION = f"{WORKSPACE}/connections/finetune_phi_endpoint"
 
 
-def ml_client(answers: dict, calls: list):
-    from azure.ai.ml import MLClient
-    from azure.core.credentials import AccessToken
-    from azure.core.pipeline.transport import HttpTransport
-    from azure.core.rest._requests_basic import RestRequestsTransportResponse
+def workspace_arm(
+    auth_mode: str = "Key",
+    scoring_uri: str | None = "https://phi3-ft.westeurope.inference.ml.azure.com/score",
+):
+    """ARM for the workspace: the endpoint and its keys ("Online Endpoints - Get / List Keys"), and
+    connections stored as "Workspace Connections - Create" receives them; ARM never returns their
+    credentials, only `listsecrets` does ("Workspace Connections - List Secrets")."""
+    stored = {}
 
-    class FakeCredential:
-        def get_token(self, *scopes, **kwargs):
-            return AccessToken("not-a-real-token", int(time.time()) + 3600)
+    def resource(with_secrets: bool):
+        properties = dict(stored["properties"])
+        if not with_secrets:
+            properties.pop("credentials")
+        return {"id": CONNECTION, "name": "finetune_phi_endpoint", "properties": properties}
 
-    class RecordedArm(HttpTransport):
-        """Answers ARM requests from `answers`; nothing leaves the process."""
+    def put(request):
+        stored.update(json.loads(request.body))
+        return resource(with_secrets=False)
 
-        def send(self, request, **kwargs):
-            path = request.url.split("/workspaces/ws", 1)[1].split("?", 1)[0]
-            calls.append((request.method, path))
-            response = requests.Response()
-            response.status_code = 200
-            response.headers["Content-Type"] = "application/json"
-            response.raw = io.BytesIO(json.dumps(answers[(request.method, path)]).encode())
-            response.url = request.url
-            return RestRequestsTransportResponse(request=request, internal_response=response)
-
-        def open(self):
-            pass
-
-        def close(self):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *args):
-            pass
-
-    return MLClient(
-        FakeCredential(), "00000000-0000-0000-0000-000000000000", "rg", "ws", transport=RecordedArm()
+    return ArmStandIn(
+        {
+            ("GET", ENDPOINT): {
+                "id": ENDPOINT,
+                "name": "phi3-ft",
+                "type": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints",
+                "location": "westeurope",
+                "kind": "Managed",
+                "identity": {"type": "SystemAssigned"},
+                "properties": {
+                    "authMode": auth_mode,
+                    "scoringUri": scoring_uri,
+                    "provisioningState": "Succeeded",
+                },
+            },
+            ("GET", f"{ENDPOINT}/deployments"): {"value": []},
+            ("POST", f"{ENDPOINT}/listKeys"): {"primaryKey": KEY, "secondaryKey": "other"},
+            ("PUT", CONNECTION): put,
+            ("POST", f"{CONNECTION}/listsecrets"): lambda _: (
+                resource(with_secrets=True) if stored else (404, {})
+            ),
+        }
     )
 
 
+def azure_connect(pf, stand_in, *overrides):
+    cfg = connect_config("target=azureml", "target.endpoint_name=phi3-ft", *overrides)
+    client = MLClient(FakeCredential(), SUBSCRIPTION, "rg", "ws", transport=stand_in.transport())
+    return connect(cfg, client=client, pf=pf, arm_transport=stand_in.transport())
+
+
 def test_azureml_connection_gets_scoring_uri_and_key_from_azure_ai_ml(pf):
-    calls = []
-    uri = "https://phi3-ft.westeurope.inference.ml.azure.com/score"
-    client = ml_client(azure_rest_answers("Key", uri), calls)
-    cfg = connect_config("target=azureml", "target.endpoint_name=phi3-ft", "target.deployment=blue")
-    stored = connect(cfg, client=client, pf=pf)
+    stand_in = workspace_arm()
+    stored = azure_connect(pf, stand_in, "target.deployment=blue", "target.workspace_connection=false")
     configs = dict(stored.configs)
-    assert (configs["endpoint"], configs["payload"], configs["deployment"]) == (uri, "seedB", "blue")
+    assert (configs["endpoint"], configs["payload"], configs["deployment"]) == (
+        "https://phi3-ft.westeurope.inference.ml.azure.com/score",
+        "seedB",
+        "blue",
+    )
     assert pf.connections.get(stored.name, with_secrets=True).secrets["key"] == KEY
-    assert ("POST", "/onlineEndpoints/phi3-ft/listKeys") in calls
+    assert stand_in.requests_to("/listKeys") and not stand_in.requests_to(
+        "/connections/finetune_phi_endpoint"
+    )
+
+
+def test_the_workspace_gets_the_connection_a_cloud_flow_resolves(pf, monkeypatch, caplog):
+    """What a flow run in the workspace does with `connection: finetune_phi_endpoint`: promptflow's
+    WorkspaceConnectionProvider reads it back (listsecrets) into the same CustomConnection."""
+    from promptflow.core._connection_provider._workspace_connection_provider import (
+        WorkspaceConnectionProvider,
+    )
+
+    stand_in = workspace_arm()
+    caplog.set_level(logging.DEBUG)
+    stored = azure_connect(pf, stand_in)
+    (put,) = stand_in.requests_to("/connections/finetune_phi_endpoint")
+    assert put.method == "PUT" and "api-version=2025-06-01" in put.url
+    body = json.loads(put.body)["properties"]
+    assert (body["category"], body["authType"], body["credentials"]) == (
+        "CustomKeys",
+        "CustomKeys",
+        {"keys": {"key": KEY}},
+    )
+    assert body["metadata"]["azureml.flow.module"] == "promptflow.connections"
+
+    monkeypatch.setattr(
+        requests.Session, "get_adapter", lambda session, url: stand_in
+    )  # promptflow uses requests
+    provider = WorkspaceConnectionProvider(
+        subscription_id=SUBSCRIPTION,
+        resource_group_name="rg",
+        workspace_name="ws",
+        credential=FakeCredential(),
+    )
+    in_the_cloud = provider.get("finetune_phi_endpoint")
+    assert type(in_the_cloud).__name__ == "CustomConnection"
+    assert dict(in_the_cloud.configs) == dict(stored.configs) and dict(in_the_cloud.secrets) == {"key": KEY}
+    assert KEY not in caplog.text
+
+
+def test_a_refused_workspace_connection_stores_nothing_and_says_how_to_skip_it(pf):
+    stand_in = workspace_arm()
+    refused = (403, {"error": {"code": "AuthorizationFailed", "message": "no"}})
+    stand_in.routes[("PUT", f"{WORKSPACE}/connections/refused_connection".lower())] = refused
+    with pytest.raises(
+        RuntimeError, match=r"ARM answered 403 \(AuthorizationFailed: no\).*workspace_connection=false"
+    ):
+        azure_connect(pf, stand_in, "name=refused_connection")
+    with pytest.raises(Exception, match="refused_connection"):
+        pf.connections.get("refused_connection")
 
 
 def test_azureml_endpoint_without_keys_is_refused_clearly(pf):
-    no_uri = ml_client(azure_rest_answers("Key", None), [])
-    cfg = connect_config("target=azureml", "target.endpoint_name=phi3-ft")
     with pytest.raises(RuntimeError, match="no scoring URI yet"):
-        connect(cfg, client=no_uri, pf=pf)
-    aad = ml_client(azure_rest_answers("AADToken", "https://x/score"), [])
+        azure_connect(pf, workspace_arm(scoring_uri=None))
     with pytest.raises(RuntimeError, match="aad_token"):
-        connect(cfg, client=aad, pf=pf)
+        azure_connect(pf, workspace_arm(auth_mode="AADToken"))
 
 
 @pytest.mark.slow

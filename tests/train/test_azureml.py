@@ -3,6 +3,7 @@ MLClient with a credential that fails on use and its operations replaced at the 
 
 from __future__ import annotations
 
+import ast
 import json
 import shlex
 from pathlib import Path
@@ -14,14 +15,15 @@ from azure.core.exceptions import ResourceNotFoundError
 from omegaconf import OmegaConf
 
 from common.azure_workspace import WorkspaceSettings, WorkspaceSettingsError, ml_client
+from common.paths import PROJECT_ROOT
 from tests.conftest import compose_config, run_module
+from tests.fake_arm import SUBSCRIPTION, WORKSPACE, ArmStandIn, FakeCredential
 from train.azureml import job as job_module
-from train.azureml.compute import ComputeError
+from train.azureml.compute import ComputeError, ensure_compute
 from train.azureml.submit import submit
 from train.azureml.sweep import job_table
 from train.data import DataError
 
-SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 WORKSPACE_ENV = {
     "AZURE_SUBSCRIPTION_ID": SUBSCRIPTION,
     "AZURE_RESOURCE_GROUP": "rg-finetune",
@@ -180,11 +182,60 @@ def test_missing_data_file_is_named_before_any_call(client, monkeypatch, tmp_pat
 
 
 def test_existing_compute_of_another_size_is_refused_before_env_and_job(client, monkeypatch, tmp_path):
-    other = SimpleNamespace(name="gpu-nc24ads-a100-v4", size="Standard_NC6s_v3", type="amlcompute")
+    other = SimpleNamespace(name="gpu-nc24ads-a100-v4", size="Standard_NC4as_T4_v3", type="amlcompute")
     ops = RecordingOperations(client, monkeypatch, existing_compute=other)
-    with pytest.raises(ComputeError, match="Standard_NC6s_v3, not Standard_NC24ads_A100_v4"):
+    with pytest.raises(ComputeError, match="Standard_NC4as_T4_v3, not Standard_NC24ads_A100_v4"):
         submit(azure_cfg(tmp_path), client=client)
     assert ops.names == ["compute.get"]
+
+
+def existing_cluster(vm_priority: str) -> ArmStandIn:
+    """ARM's "Compute - Get" answer for an AmlCompute cluster (sizes come back upper-cased)."""
+    name = "gpu-nc24ads-a100-v4"
+    body = {
+        "id": f"{WORKSPACE}/computes/{name}",
+        "name": name,
+        "type": "Microsoft.MachineLearningServices/workspaces/computes",
+        "location": "westeurope",
+        "properties": {
+            "computeType": "AmlCompute",
+            "provisioningState": "Succeeded",
+            "properties": {
+                "vmSize": "STANDARD_NC24ADS_A100_V4",
+                "vmPriority": vm_priority,
+                "scaleSettings": {
+                    "maxNodeCount": 1,
+                    "minNodeCount": 0,
+                    "nodeIdleTimeBeforeScaleDown": "PT120S",
+                },
+                "osType": "Linux",
+            },
+        },
+    }
+    return ArmStandIn({("GET", body["id"]): body})
+
+
+@pytest.mark.parametrize(
+    ("vm_priority", "tier", "reused"),
+    [
+        ("LowPriority", "dedicated", False),
+        ("LowPriority", "low_priority", True),
+        ("Dedicated", "dedicated", True),
+    ],
+)
+def test_an_existing_cluster_is_reused_only_with_the_configured_tier(tmp_path, vm_priority, tier, reused):
+    """azure-ai-ml's own compute.get over ARM's JSON: a low-priority cluster is not a dedicated one."""
+    stand_in = existing_cluster(vm_priority)
+    ml = MLClient(FakeCredential(), SUBSCRIPTION, "rg", "ws", transport=stand_in.transport())
+    compute_cfg = azure_cfg(tmp_path, f"target.compute.tier={tier}").target.compute
+    if reused:
+        assert ensure_compute(ml, compute_cfg).size == "STANDARD_NC24ADS_A100_V4"
+    else:
+        with pytest.raises(
+            ComputeError, match="has tier low_priority, not dedicated.*target.compute.tier=low_priority"
+        ):
+            ensure_compute(ml, compute_cfg)
+    assert [r.method for r in stand_in.sent] == ["GET"]  # never created or changed
 
 
 # --- submission ------------------------------------------------------------------------
@@ -244,7 +295,7 @@ def test_submit_creates_compute_then_environment_then_job_and_records_it(
 
 def test_existing_compute_and_environment_are_reused_and_stream_can_be_off(client, monkeypatch, tmp_path):
     cfg = azure_cfg(tmp_path, "target.stream=false")
-    existing = SimpleNamespace(name="gpu-nc24ads-a100-v4", size="standard_nc24ads_a100_v4")
+    existing = SimpleNamespace(name="gpu-nc24ads-a100-v4", size="standard_nc24ads_a100_v4", tier="dedicated")
     ops = RecordingOperations(client, monkeypatch, existing_compute=existing, existing_env=object())
     submit(cfg, client=client)
     assert ops.names == ["compute.get", "environments.get", "jobs.create"]
@@ -296,6 +347,22 @@ def test_dry_run_writes_yaml_the_sdk_loads_and_validates(dry_run, client):
     assert not (Path(cfg.paths.output_dir) / "azureml_job.json").exists()  # nothing was submitted
     text = "".join(p.read_text() for p in stage.glob("*.yaml"))
     assert "credential" not in text.lower() and "token" not in text.lower()
+
+
+def test_the_job_code_snapshot_holds_every_project_package_its_modules_import(dry_run):
+    """The job's image holds installed packages only, not this project: the snapshot must carry all
+    of it that `python -m train` imports."""
+    _, stage = dry_run
+    code = Path(load_job(stage / "job.yaml").code)
+    imported = set()
+    for path in code.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add(node.module.split(".")[0])
+            elif isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+    needed = imported & {p.name for p in PROJECT_ROOT.iterdir() if (p / "__init__.py").is_file()}
+    assert "common" in needed and needed <= {p.name for p in code.iterdir()}, needed
 
 
 def test_the_job_command_composes_to_the_same_config(dry_run, tmp_path):

@@ -1,7 +1,8 @@
 """The AmlCompute cluster a job runs on: built from `target.compute`, fetched or created.
 
-An existing cluster is reused only when it has the configured size: a job meant for an A100
-must not land on whatever a same-named cluster happens to be.
+An existing cluster is reused only when it has the configured size and tier: a job meant for an
+A100 must not land on whatever a same-named cluster happens to be, nor a job meant for dedicated
+nodes on preemptible low-priority ones (or the reverse, at the dedicated price).
 """
 
 from __future__ import annotations
@@ -91,14 +92,21 @@ def ensure_compute(ml_client, compute_cfg) -> AmlCompute:
     except ResourceNotFoundError:
         existing = None
     if existing is not None:
-        size = getattr(existing, "size", None)
+        # ARM reports sizes upper-cased (STANDARD_NC24ADS_A100_V4); azure-ai-ml reports the tier
+        # as the config spells it (vmPriority LowPriority -> low_priority).
+        size, tier = getattr(existing, "size", None), getattr(existing, "tier", None)
         if size is None or size.lower() != compute_cfg.size.lower():
             raise ComputeError(
                 f"compute {compute_cfg.name!r} in the workspace is {getattr(existing, 'type', '?')} of size "
                 f"{size}, not {compute_cfg.size}: set target.compute.name to a new cluster name, or "
                 f"target.compute.size={size} to use it"
             )
-        log.info("compute %s (%s) exists; reusing it", compute_cfg.name, size)
+        if str(tier).lower() != str(compute_cfg.tier).lower():
+            raise ComputeError(
+                f"compute {compute_cfg.name!r} in the workspace has tier {tier}, not {compute_cfg.tier}: set "
+                f"target.compute.name to a new cluster name, or target.compute.tier={tier} to use it"
+            )
+        log.info("compute %s (%s, %s) exists; reusing it", compute_cfg.name, size, tier)
         return existing
     log.info("creating compute %s (%s, %s)", compute_cfg.name, compute_cfg.size, compute_cfg.tier)
     return ml_client.compute.begin_create_or_update(compute_entity(compute_cfg)).result()

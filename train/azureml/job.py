@@ -162,9 +162,10 @@ def job_command(arguments: list[str]) -> str:
 
 
 def write_code_snapshot(out_dir: Path) -> Path:
-    """The code the job runs: train/ and conf/ of this checkout (the image holds the rest)."""
+    """The code the job runs: train/, the common/ modules it imports, and conf/ of this checkout
+    (the image holds the installed packages)."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("train", "conf"):
+    for name in ("train", "common", "conf"):
         shutil.copytree(PROJECT_ROOT / name, out_dir / name, ignore=ignore)
     return out_dir
 
