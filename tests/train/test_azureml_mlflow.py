@@ -9,6 +9,7 @@ import json
 import socket
 import time
 
+import mlflow
 import pytest
 from packaging.requirements import Requirement
 
@@ -50,6 +51,10 @@ def inside_an_azureml_job(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    # An earlier test's mlflow.set_tracking_uri(...) outranks the variable: set it as the job has it.
+    mlflow.set_tracking_uri(TRACKING_URI)
+    yield
+    mlflow.set_tracking_uri(None)
 
 
 def test_mlflow_finds_the_azureml_artifact_repository_for_a_job_run(inside_an_azureml_job):
