@@ -36,7 +36,7 @@ from bench.report import markdown_table, write_results
 from train import data as train_data
 from train import model as train_model
 from train.estimate import ARCHITECTURES_DIR
-from train.recipe import sft_args
+from train.sft import sft_args
 from train.tiny_model import ensure_tiny_phi3
 
 log = logging.getLogger(__name__)

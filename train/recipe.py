@@ -53,11 +53,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase, set_seed
-from trl import SFTConfig, SFTTrainer
+from trl import SFTTrainer
 
 from train import checkpoint, data, evaluate, launch, model, sweep, tracking
 from train.config import PeftMethod, PeftSave, sft_schema
 from train.prepare import preview
+from train.sft import sft_args
 
 log = logging.getLogger(__name__)
 
@@ -245,16 +246,6 @@ def summarize(setup: Setup, metrics: dict[str, float], run_id: str, version) -> 
     (setup.output_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     print_summary(summary)
     return metrics
-
-
-def sft_args(cfg: DictConfig) -> SFTConfig:
-    kwargs = OmegaConf.to_container(cfg.sft, resolve=True, enum_to_str=True)
-    return SFTConfig(
-        output_dir=str(Path(cfg.paths.output_dir) / "checkpoints"),
-        report_to="none",  # MLflow: tracking.MetricsOnlyMLflowCallback and the stages below
-        run_name=cfg.logger.run_name,
-        **kwargs,
-    )
 
 
 def sft_defaults() -> dict:
