@@ -53,6 +53,12 @@ def test_a100_profile_is_the_seed_recipe_with_its_fixes(compose_train):
     )
     assert (sft.num_train_epochs, sft.per_device_train_batch_size, sft.max_length) == (3, 4, 2048)
     assert sft.gradient_checkpointing and sft.packing and sft.eval_strategy == "epoch" and sft.seed == 0
+    # bf16 weights with an optimizer whose updates reach them (tests/train/test_precision.py).
+    assert (cfg.model.dtype, sft.optim, sft.optim_args) == (
+        "bfloat16",
+        "adamw_torch_8bit",
+        "bf16_stochastic_round=True",
+    )
     # The fixes: no eager attention, a pad token that is not a stop token, MLflow on.
     assert cfg.model.attn_implementation == "auto"
     assert cfg.model.pad_token == "<|pad|>"
