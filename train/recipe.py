@@ -16,7 +16,7 @@
 
 Features and the keys that control them:
 - model: hub id or local directory (`model.name_or_path`), attention (`model.attn_implementation`:
-  auto = flash_attention_2 if installed, else sdpa), dtype, a dedicated pad token.
+  auto = one attention per packed conversation on CUDA, sdpa on a CPU), dtype, a dedicated pad token.
 - data: ultrachat-style `messages` from local files or the hub (`data=...`), with an empty
   system turn added where missing (`model.add_empty_system_turn`).
 - adapters: `peft=none|lora|qlora|dora` and `peft.<field>`; QLoRA refuses to start

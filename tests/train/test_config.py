@@ -166,6 +166,8 @@ def test_choices_are_read_as_their_enum_and_compare_equal_to_the_yaml_spelling(c
 def test_attention_choices_are_implementations_transformers_knows():
     from transformers import AttentionInterface
 
+    import train.model  # noqa: F401  registers varlen_sdpa, as loading a model does
+
     known = set(AttentionInterface().valid_keys()) | {"eager"}  # eager is the models' own code
     assert {str(a) for a in AttnImplementation} - {"auto"} <= known
 
