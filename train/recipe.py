@@ -103,12 +103,7 @@ def set_up(cfg: DictConfig) -> Setup:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     args = sft_args(cfg)
-    if launch.world_size() != args.world_size:
-        raise model.ConfigError(
-            f"{launch.world_size()} processes were launched but the trainer sees {args.world_size}: every "
-            "rank would act as rank 0. Without CUDA, multi-process training needs sft.use_cpu=true "
-            "(+profile=cpu) for the gloo backend."
-        )
+    launch.check_processes(args.world_size)
     resume_from = checkpoint.find_resume_checkpoint(cfg.resume, Path(args.output_dir))
     tokenizer = model.load_tokenizer(cfg.model)
     with args.main_process_first(desc="preparing data"):  # one rank per node writes the files
@@ -124,6 +119,7 @@ def set_up(cfg: DictConfig) -> Setup:
         peft_config=model.lora_config(cfg.peft),
         callbacks=[tracking.MetricsOnlyMLflowCallback(), checkpoint.ResumeGuard(resume_from)],
     )
+    launch.check_sharding(trainer)  # FSDP/DeepSpeed asked for but not active: stop, train nothing else
     stop_on_signal = checkpoint.StopOnSignal(trainer.accelerator)
     trainer.add_callback(stop_on_signal)
     return Setup(
