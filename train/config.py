@@ -258,10 +258,11 @@ class LoggerConfig:
 
 @dataclass
 class HardwareConfig:
-    # What `estimate=true` compares against and prices (conf/hardware/, sources there).
+    # What `estimate=true` compares against and prices (conf/hardware/, sources there);
+    # `local`: this machine, its GPU (or CPU and RAM) read when the estimate runs.
     name: str = MISSING
     gpus: int = 1
-    gpu_memory_gib: float = MISSING
+    gpu_memory_gib: float | None = None  # null: read from this machine (hardware=local)
     # Price of the whole machine (all its GPUs); null when it has no public hourly price.
     usd_per_hour: float | None = None
     # Training throughput per GPU, by method, for a model of `reference_params` parameters;

@@ -52,7 +52,9 @@ def test_a100_profile_is_the_seed_recipe_with_its_fixes(compose_train):
         0.2,
     )
     assert (sft.num_train_epochs, sft.per_device_train_batch_size, sft.max_length) == (3, 4, 2048)
-    assert sft.gradient_checkpointing and sft.packing and sft.eval_strategy == "epoch" and sft.seed == 0
+    assert sft.packing and sft.eval_strategy == "epoch" and sft.seed == 0
+    # The memory plan: ~50 GiB without activation checkpointing fits the 80 GB card with room.
+    assert not sft.gradient_checkpointing
     # bf16 weights with an optimizer whose updates reach them (tests/train/test_precision.py).
     assert (cfg.model.dtype, sft.optim, sft.optim_args) == (
         "bfloat16",
