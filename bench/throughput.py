@@ -334,7 +334,7 @@ def dry_run(plan: list[dict], on_cuda: bool) -> dict:
         if item["skip"]:
             status = item["skip"]
         elif needed > 0.9 * memory_gib:
-            status = f"would not fit here: ~{needed:.0f} GiB, {machine} has {memory_gib:.0f} GiB"
+            status = f"would not fit here: ~{needed:.0f} GiB of {memory_gib:.0f} GiB"
         elif step_s > DRY_RUN_MAX_STEP_S:
             status = (
                 f"too slow here: ~{step_s / 60:,.0f} min a step at the {tflops:.3g} TFLOP/s measured here"
