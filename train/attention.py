@@ -89,8 +89,10 @@ def varlen_sdpa_forward(
 
 def _sequences(batch: int, length: int, device, kwargs: dict) -> tuple[torch.Tensor, int]:
     """(cumulative sequence starts over the flattened batch, the longest sequence)."""
-    if kwargs.get("cu_seq_lens_q") is not None:  # TRL's padding-free collator
+    if kwargs.get("cu_seq_lens_q") is not None:  # TRL's padding-free collator, with the longest
         cu_seq_lens = kwargs["cu_seq_lens_q"].to(device=device, dtype=torch.int32)
+        if kwargs.get("max_length_q") is not None:  # as an int: no device sync in every layer
+            return cu_seq_lens, int(kwargs["max_length_q"])
     elif kwargs.get("position_ids") is not None:  # each sequence starts again at position 0
         positions = kwargs["position_ids"].expand(batch, length)
         (cu_seq_lens, _), _ = prepare_fa_kwargs_from_position_ids(positions)
