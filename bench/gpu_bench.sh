@@ -33,6 +33,10 @@ common=("+profile=$PROFILE" bench.weights=random bench.data=synthetic bench.unti
 bench() { # bench SECONDS ARGS...: one bench.train run; its own budget ends 30 s early to write results
   local seconds=$1
   shift
+  if [ "$seconds" -lt 90 ]; then
+    echo "== skipped, ${seconds} s left: python -m bench.train $*"
+    return
+  fi
   echo "== python -m bench.train $* (${seconds} s)"
   # shellcheck disable=SC2086  # BENCH_ARGS: words
   timeout "$seconds" "$PYTHON" -m bench.train "${common[@]}" "$@" bench.time_budget_s=$((seconds - 30)) $BENCH_ARGS ||
