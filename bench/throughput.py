@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -516,6 +517,7 @@ def _run_variant_file(config_file: str, dataset_dir: str, result_file: str) -> N
         dataset = Dataset.load_from_disk(dataset_dir)
         result = run_variant(cfg, dataset, load_tokenizer(cfg), Path(config_file).parent, on_cuda)
     except Exception as exc:
+        traceback.print_exc()  # the whole story in the log; the row gets its last line
         result = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
     Path(result_file).write_text(json.dumps(result, default=str), encoding="utf-8")
 
