@@ -49,7 +49,13 @@ constraints: ## re-resolve constraints.txt after changing pyproject.toml (UPGRAD
 		| sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.txt
 	@rm constraints.new
 
+gpu-kit: ## download the wheels bench-gpu installs on a bare CUDA box into .whl/ (bench/gpu_kit.txt, ~20 MiB)
+	bash bench/gpu_kit.sh
+
+bench-gpu: ## on a CUDA box with .whl/: install it offline, run the Phi-3-mini/3.5-mini benchmarks (8 min)
+	bash bench/gpu_bench.sh
+
 clean-outputs: ## delete local runs and the local MLflow store (asks first)
 	@read -p "Delete ./outputs (all local runs and registered models)? [y/N] " a && [ "$$a" = y ] && rm -rf outputs
 
-.PHONY: help setup demo e2e test lint format constraints clean-outputs
+.PHONY: help setup demo e2e test lint format constraints gpu-kit bench-gpu clean-outputs

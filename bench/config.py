@@ -51,9 +51,12 @@ class BenchConfig:
     # the spread of the log-normal length distribution.
     synthetic_mean_tokens: int | None = None
     synthetic_length_sigma: float = 0.6
-    # Selective activation checkpointing: with sft.gradient_checkpointing=true, checkpoint
-    # every n-th decoder layer only (1: every layer, full checkpointing).
-    checkpoint_every_n_layers: int = 1
+    # Train every variant in a process of its own, so a global patch (Liger's kernels, compile
+    # caches) cannot leak into the next one and each peak memory is its own.
+    isolate: bool = True
+    # Stop starting variants once this many seconds have passed (null: no limit); a started
+    # variant's own process is stopped when the budget ends.
+    time_budget_s: float | None = None
     # Dense bf16 TFLOP/s of the accelerator for MFU; null looks the GPU up in bench/metrics.py.
     peak_tflops: float | None = None
     # Where the JSON and markdown results go; names are <date>-<hardware>[-n].json/.md.

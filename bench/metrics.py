@@ -5,7 +5,9 @@
   length). For adapters the frozen weights need no weight gradients: 4N' + 2N_trainable
   + 12*L*d*T. Recomputation by activation checkpointing is not counted (model FLOPs).
 - MFU = achieved FLOP/s over the accelerator's dense bf16 peak, from a table keyed by GPU
-  name (datasheet values, no sparsity); `bench.peak_tflops` sets it for anything else.
+  name (datasheet values, no sparsity; consumer cards at their bf16 rate with float32
+  accumulation, which is what training uses); `bench.peak_tflops` sets it for anything else.
+  Every result records which peak it used and where it came from.
 - Peak memory: `torch.cuda.max_memory_allocated` on a GPU; on a CPU the process's peak
   resident set (VmHWM), reset through /proc/self/clear_refs before each variant.
 """
@@ -16,19 +18,22 @@ import contextlib
 import os
 import platform
 import re
+import time
 from pathlib import Path
 
 import torch
 
 # Dense bf16 tensor-core TFLOP/s (datasheets, without 2:4 sparsity). Matched against
-# torch.cuda.get_device_name() in order: the first pattern found in the name wins.
+# torch.cuda.get_device_name() in order: the first pattern found in the name wins, so a more
+# specific name comes before a shorter one it contains ("H200 NVL" and "GH200" before "H200").
 PEAK_BF16_TFLOPS: list[tuple[str, float]] = [
-    ("H100 NVL", 835.0),
+    ("H100 NVL", 835.0),  # Azure NC40ads_H100_v5 (datasheet 1,671 with sparsity)
     ("H100 PCIe", 756.0),
     ("H100", 989.0),  # SXM5 (name "NVIDIA H100 80GB HBM3")
-    ("H200", 989.0),
-    ("H800", 989.0),
+    ("H200 NVL", 835.0),  # the NVL part's clocks: as the H100 NVL (datasheet 1,671 with sparsity)
     ("GH200", 989.0),
+    ("H200", 989.0),  # SXM (name "NVIDIA H200"): the H100 SXM's rates, more memory
+    ("H800", 989.0),
     ("B200", 2250.0),
     ("A100", 312.0),
     ("A800", 312.0),
@@ -37,21 +42,23 @@ PEAK_BF16_TFLOPS: list[tuple[str, float]] = [
     ("L4", 121.0),
     ("A10G", 70.0),
     ("A10", 125.0),
-    ("RTX 4090", 165.0),
-    ("RTX 3090", 71.0),
+    # Consumer cards: bf16 with float32 accumulation (half the float16-accumulate figure).
+    ("RTX 5090", 209.5),  # unverified: third-party tables (the 419 sparse figure halved), not NVIDIA's PDF
+    ("RTX 4090", 165.2),  # Ada whitepaper, "BF16 with FP32 accumulate"
+    ("RTX 3090", 71.0),  # unverified: third-party tables (71.16), not NVIDIA's PDF
 ]
 
 
-def peak_tflops(device_name: str | None, override: float | None = None) -> float | None:
-    """Dense bf16 peak for the named GPU; None for a CPU or a GPU not in the table."""
+def peak_tflops(device_name: str | None, override: float | None = None) -> tuple[float | None, str]:
+    """(dense bf16 peak, where it came from) for the named GPU; (None, why) for a CPU or an unknown GPU."""
     if override:
-        return float(override)
+        return float(override), "bench.peak_tflops"
     if not device_name:
-        return None
+        return None, "no GPU"
     for pattern, tflops in PEAK_BF16_TFLOPS:
         if pattern.lower() in device_name.lower():
-            return tflops
-    return None
+            return tflops, f"bench/metrics.py table: {pattern!r}"
+    return None, f"{device_name!r} is not in bench/metrics.py's table: set bench.peak_tflops"
 
 
 def count_parameters(model) -> dict[str, int]:
@@ -71,6 +78,22 @@ def train_flops_per_token(params: dict[str, int], layers: int, hidden: int, seq_
     if params["trainable"] >= params["non_embedding"]:  # full fine-tune
         return 6 * params["non_embedding"] + attention
     return 4 * params["non_embedding"] + 2 * params["trainable"] + attention
+
+
+def measured_matmul_tflops(device: str) -> float:
+    """This device's rate on one large matrix product (bf16 on a GPU, float32 on a CPU), measured now:
+    what a dry run divides a step's FLOPs by to say whether a variant would run here."""
+    n, dtype = (8192, torch.bfloat16) if device == "cuda" else (1024, torch.float32)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b  # warm-up: kernel selection, thread pool
+    if device == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(3):
+        a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 3 * 2 * n**3 / (time.perf_counter() - started) / 1e12
 
 
 def mfu(tokens_per_s: float, flops_per_token: float, peak: float | None) -> float | None:

@@ -1,9 +1,16 @@
-"""Training throughput of a config, its knobs one by one, and the seed recipe, in one process.
+"""Training throughput of a config, its knobs one by one, and the seed recipe.
 
 Each variant is the composed config plus a knob's overrides (conf/bench.yaml `bench.knobs`),
 trained with the same TRL `SFTTrainer` the recipe uses for `bench.untimed_steps` +
 `bench.steps` optimizer steps on the same data. Per variant it records real (non-padding)
-tokens/s over the timed steps, step times, MFU (bench/metrics.py) and peak memory.
+tokens/s over the timed steps, step times, MFU (bench/metrics.py), peak memory and what
+`estimate=true` predicted for it.
+
+`bench.isolate=true` (the default) trains every variant in a process of its own
+(`python -m bench.throughput VARIANT.yaml DATASET_DIR RESULT.json`, the variant's resolved config
+and the shared data saved by this process): a global patch (Liger's kernels, torch.compile's
+caches, allocator state) cannot leak into the next variant, and each peak memory is its own.
+`bench.time_budget_s` stops starting variants once the time is spent (a bounded GPU lease).
 
 Models: `bench.weights=pretrained` loads `model.name_or_path` as training does (the tiny
 model on a CPU); `bench.weights=random` builds train/architectures/<short_name>.json with
@@ -16,11 +23,14 @@ from __future__ import annotations
 import copy
 import gc
 import importlib.util
+import json
 import logging
 import os
 import statistics
+import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +43,11 @@ from trl import SFTTrainer
 from bench import metrics
 from bench.config import KnobConfig
 from bench.report import markdown_table, write_results
+from common.paths import PROJECT_ROOT
 from train import data as train_data
 from train import model as train_model
-from train.estimate import ARCHITECTURES_DIR
-from train.recipe import sft_args
+from train.estimate import ARCHITECTURES_DIR, peak_memory_gib, remove_run_folder, this_machine
+from train.sft import sft_args
 from train.tiny_model import ensure_tiny_phi3
 
 log = logging.getLogger(__name__)
@@ -195,29 +206,6 @@ class StepTimer(TrainerCallback):
         self._mark(state)
 
 
-class SelectiveCheckpointing(TrainerCallback):
-    """Keep activation checkpointing on every n-th decoder layer only.
-
-    Trainer enables checkpointing on every layer before `on_train_begin`; transformers'
-    GradientCheckpointingLayer reads its own `gradient_checkpointing` flag per call.
-    """
-
-    def __init__(self, every_n: int):
-        self.every_n = every_n
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        from transformers.modeling_layers import GradientCheckpointingLayer
-
-        layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
-        for i, layer in enumerate(layers):
-            layer.gradient_checkpointing = layer.gradient_checkpointing and i % self.every_n == 0
-        log.info(
-            "checkpointing %d of %d layers",
-            sum(layer.gradient_checkpointing for layer in layers),
-            len(layers),
-        )
-
-
 def bench_sft_config(cfg: DictConfig, scratch: Path) -> DictConfig:
     """The variant's sft keys plus what a measurement needs: fixed steps, no eval/saving."""
     cfg = copy.deepcopy(cfg)
@@ -242,20 +230,20 @@ def run_variant(cfg: DictConfig, dataset: Dataset, tokenizer, scratch: Path, on_
     model = build_model(cfg, tokenizer, "cuda" if on_cuda else "cpu")
     attn = model.config._attn_implementation
     timer = StepTimer(on_cuda)
-    callbacks = [timer]
-    if cfg.sft.gradient_checkpointing and cfg.bench.checkpoint_every_n_layers > 1:
-        callbacks.append(SelectiveCheckpointing(cfg.bench.checkpoint_every_n_layers))
     trainer = SFTTrainer(
         model=model,
         args=sft_args(cfg),
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=train_model.lora_config(cfg.peft),
-        callbacks=callbacks,
+        callbacks=[timer],
     )
     params = metrics.count_parameters(trainer.model)
     trainer.train()
     memory = metrics.peak_memory_gib(on_cuda)
+    checkpointed = sum(
+        bool(getattr(layer, "gradient_checkpointing", False)) for layer in _decoder_layers(model)
+    )
 
     timed = [m for m in timer.marks if m[0] >= cfg.bench.untimed_steps]
     if len(timed) < 2:
@@ -276,6 +264,7 @@ def run_variant(cfg: DictConfig, dataset: Dataset, tokenizer, scratch: Path, on_
         "packing": f"{cfg.sft.packing_strategy}" if cfg.sft.packing else "padded",
         "padding_free": bool(trainer.padding_free),
         "gradient_checkpointing": bool(cfg.sft.gradient_checkpointing),
+        "checkpointed_layers": f"{checkpointed}/{text_config.num_hidden_layers}",
         "optim": str(cfg.sft.optim),
         "torch_compile": bool(cfg.sft.torch_compile),
         "params": params,
@@ -286,6 +275,8 @@ def run_variant(cfg: DictConfig, dataset: Dataset, tokenizer, scratch: Path, on_
         "tokens_per_s": tokens / seconds,
         "step_times_s": step_times,
         **memory,
+        "estimated_peak_gib": peak_memory_gib(cfg),  # what estimate=true says, to check against the peak
+        "pid": os.getpid(),
     }
     del trainer, model
     gc.collect()
@@ -294,11 +285,25 @@ def run_variant(cfg: DictConfig, dataset: Dataset, tokenizer, scratch: Path, on_
     return result
 
 
+def _decoder_layers(model):
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
 # --- the benchmark ------------------------------------------------------------------
 
 
-def dry_run(plan: list[dict]) -> dict:
-    """Params and FLOPs per token of each variant's model, built on the meta device."""
+# A dry run calls a variant too slow to run here when one optimizer step would take longer.
+DRY_RUN_MAX_STEP_S = 60
+
+
+def dry_run(plan: list[dict], on_cuda: bool) -> dict:
+    """Params and FLOPs per token of each variant's model, built on the meta device, and whether it
+    would run on this machine: its estimated memory against this device's, one step's FLOPs against
+    a matrix product's rate measured here."""
+    machine, memory_gib, _ = this_machine()
+    tflops = metrics.measured_matmul_tflops("cuda" if on_cuda else "cpu")
     rows = []
     for item in plan:
         vcfg = item["cfg"]
@@ -315,18 +320,54 @@ def dry_run(plan: list[dict]) -> dict:
 
             model = get_peft_model(model, train_model.lora_config(vcfg.peft))
         params = metrics.count_parameters(model)
+        sft = vcfg.sft
         flops = metrics.train_flops_per_token(
-            params, config.num_hidden_layers, config.hidden_size, vcfg.sft.max_length
+            params, config.num_hidden_layers, config.hidden_size, sft.max_length
         )
+        needed = peak_memory_gib(vcfg)
+        step_s = (
+            flops
+            * sft.per_device_train_batch_size
+            * sft.max_length
+            * sft.gradient_accumulation_steps
+            / (tflops * 1e12)
+        )
+        if item["skip"]:
+            status = item["skip"]
+        elif needed > 0.9 * memory_gib:
+            status = f"would not fit here: ~{needed:.0f} GiB of {memory_gib:.0f} GiB"
+        elif step_s > DRY_RUN_MAX_STEP_S:
+            status = (
+                f"too slow here: ~{step_s / 60:,.0f} min a step at the {tflops:.3g} TFLOP/s measured here"
+            )
+        else:
+            status = f"would run (~{step_s:.2g} s a step)"
         rows.append(
             {
                 **_row_head(item),
                 "params": params,
+                "seq_len": sft.max_length,
                 "flops_per_token": flops,
-                "status": item["skip"] or "would run",
+                "estimated_peak_gib": needed,
+                "status": status,
             }
         )
-    return {"dry_run": True, "variants": rows}
+    return {
+        "dry_run": True,
+        "machine": machine,
+        "memory_gib": memory_gib,
+        "matmul_tflops": tflops,
+        "variants": rows,
+    }
+
+
+DRY_RUN_COLUMNS = [
+    ("variant", "name", ""),
+    ("FLOPs/token", "flops_per_token", ".4g"),
+    ("at sequence length", "seq_len", "d"),
+    ("est. peak GiB", "estimated_peak_gib", ".1f"),
+    ("status", "status", ""),
+]
 
 
 def _row_head(item: dict) -> dict:
@@ -341,17 +382,14 @@ def run_benchmark(cfg: DictConfig) -> dict:
     if cfg.bench.steps < 2 or cfg.bench.repeats < 1:
         raise BenchError("bench.steps: time at least 2 steps; bench.repeats: at least 1")
     if cfg.bench.dry_run:
-        results = dry_run(plan)
+        results = dry_run(plan, on_cuda)
         print(
-            markdown_table(
-                [
-                    ("variant", "name", ""),
-                    ("FLOPs/token", "flops_per_token", ".4g"),
-                    ("status", "status", ""),
-                ],
-                results["variants"],
-            )
+            f"Dry run on {results['machine']} ({results['memory_gib']:.0f} GiB, {results['matmul_tflops']:.3g} "
+            "TFLOP/s on a matrix product measured now); FLOPs per token = 6N' + 12*L*d*T at the sequence "
+            "length T of each variant (its sft.max_length); nothing trained or written.\n"
         )
+        print(markdown_table(DRY_RUN_COLUMNS, results["variants"]))
+        remove_run_folder(cfg)
         return results
 
     scratch = Path(cfg.paths.output_dir)
@@ -360,20 +398,38 @@ def run_benchmark(cfg: DictConfig) -> dict:
         architecture_file(cfg.model.short_name) if cfg.bench.weights == "random" else cfg.model.name_or_path
     ).vocab_size
     dataset = bench_dataset(cfg, tokenizer, vocab, scratch)
+    if cfg.bench.isolate:  # what every variant's own process trains on
+        dataset.save_to_disk(str(scratch / "dataset"))
     hardware = metrics.describe_hardware(on_cuda)
-    peak = metrics.peak_tflops(hardware.get("gpu"), cfg.bench.peak_tflops)
+    peak, peak_source = metrics.peak_tflops(hardware.get("gpu"), cfg.bench.peak_tflops)
 
     # Round-robin repeats: slow drift of a shared machine hits every variant alike, and
     # the spread between a variant's own repeats says which differences are noise.
+    started = time.monotonic()
     runs: list[list[dict]] = [[] for _ in plan]
     failures: dict[int, str] = {}
     for repeat in range(cfg.bench.repeats):
         for i, item in enumerate(plan):
             if item["skip"] or i in failures:
                 continue
+            left = cfg.bench.time_budget_s - (time.monotonic() - started) if cfg.bench.time_budget_s else None
+            if left is not None and left < MIN_SECONDS_PER_VARIANT:
+                if i == 0 and not runs[0]:
+                    raise BenchError(
+                        f"bench.time_budget_s={cfg.bench.time_budget_s:g} leaves no time for the recipe"
+                    )
+                if not runs[i]:
+                    item["skip"] = (
+                        f"bench.time_budget_s={cfg.bench.time_budget_s:g} spent ({left:.0f} s left)"
+                    )
+                continue
             log.info("%s (repeat %d/%d)", item["name"], repeat + 1, cfg.bench.repeats)
+            workdir = scratch / f"v{i}" / f"repeat{repeat}"
             try:
-                runs[i].append(run_variant(item["cfg"], dataset, tokenizer, scratch / f"v{i}", on_cuda))
+                if cfg.bench.isolate:
+                    runs[i].append(run_in_own_process(item["cfg"], scratch / "dataset", workdir, left))
+                else:
+                    runs[i].append(run_variant(item["cfg"], dataset, tokenizer, workdir, on_cuda))
             except Exception as exc:  # an OOM or a knob that breaks is a result too
                 if i == 0:
                     raise  # without the recipe's own number nothing compares
@@ -386,13 +442,13 @@ def run_benchmark(cfg: DictConfig) -> dict:
     rows = []
     for i, item in enumerate(plan):
         row = _row_head(item)
-        if item["skip"]:
-            row.update(status="skipped", reason=item["skip"])
-        elif i in failures:
+        if i in failures:
             row.update(status="failed", reason=failures[i])
-        else:
+        elif runs[i]:
             row.update(status="ok", **summarise(runs[i]))
             row["mfu"] = metrics.mfu(row["tokens_per_s"], row["flops_per_token"], peak)
+        else:
+            row.update(status="skipped", reason=item["skip"])
         rows.append(row)
 
     hardware["load_avg_1m_after"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
@@ -403,6 +459,8 @@ def run_benchmark(cfg: DictConfig) -> dict:
         "command": " ".join(["python -m bench.train", *_overrides()]),
         "hardware": hardware,
         "peak_bf16_tflops": peak,
+        "peak_source": peak_source,
+        "isolated": bool(cfg.bench.isolate),
         "versions": metrics.library_versions(),
         "model": cfg.model.short_name,
         "weights": cfg.bench.weights,
@@ -420,6 +478,48 @@ def run_benchmark(cfg: DictConfig) -> dict:
     print(markdown)
     print(f"\nresults: {path}\n         {path.with_suffix('.md')}")
     return results
+
+
+# A variant is not started with less of bench.time_budget_s left: model build, warm-up and the
+# timed steps of a 3.8B model take about that on one H200.
+MIN_SECONDS_PER_VARIANT = 45
+
+
+class VariantFailed(RuntimeError):
+    """A variant's own process failed; the message is its error."""
+
+
+def run_in_own_process(cfg: DictConfig, dataset_dir: Path, workdir: Path, timeout: float | None) -> dict:
+    """`run_variant` in a fresh Python process (see the module docstring); its result row."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_file, result_file = workdir / "variant.yaml", workdir / "result.json"
+    OmegaConf.save(cfg, config_file, resolve=True)
+    command = [sys.executable, "-m", "bench.throughput", str(config_file), str(dataset_dir), str(result_file)]
+    try:
+        done = subprocess.run(command, cwd=PROJECT_ROOT, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise VariantFailed(f"not finished in the {timeout:.0f} s left of bench.time_budget_s") from None
+    if not result_file.exists():
+        raise VariantFailed(
+            f"its process ended with exit status {done.returncode} and no result (out of memory?)"
+        )
+    result = json.loads(result_file.read_text(encoding="utf-8"))
+    if "error" in result:
+        raise VariantFailed(result["error"])
+    return result
+
+
+def _run_variant_file(config_file: str, dataset_dir: str, result_file: str) -> None:
+    """The variant's own process: train it, write its row (or its error) as JSON."""
+    cfg = OmegaConf.load(config_file)
+    on_cuda = torch.cuda.is_available() and not cfg.sft.get("use_cpu", False)
+    try:
+        dataset = Dataset.load_from_disk(dataset_dir)
+        result = run_variant(cfg, dataset, load_tokenizer(cfg), Path(config_file).parent, on_cuda)
+    except Exception as exc:
+        traceback.print_exc()  # the whole story in the log; the row gets its last line
+        result = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    Path(result_file).write_text(json.dumps(result, default=str), encoding="utf-8")
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -470,6 +570,8 @@ TABLE_COLUMNS = [
     ("tokens/step", "tokens_per_step", ",.0f"),
     ("MFU", "mfu", ".1%"),
     ("peak mem GiB", "peak_memory", ".2f"),
+    ("est. GiB", "estimated_peak_gib", ".1f"),
+    ("ckpt layers", "checkpointed_layers", ""),
     ("attention", "attn_implementation", ""),
     ("batching", "packing", ""),
     ("status", "status", ""),
@@ -505,8 +607,14 @@ def results_markdown(results: dict) -> str:
         f"- `{results['command']}`",
         f"- {results['timed_steps']} timed optimizer steps after {results['untimed_steps']} untimed, "
         f"{results['repeats']} round-robin repeat(s): tokens/s is the median, spread = (max - min) / median; "
-        f"tokens are real (non-padding) input tokens; memory is {memory_kind}; MFU against "
-        f"{results['peak_bf16_tflops'] or 'no known'} dense bf16 TFLOP/s",
+        f"tokens are real (non-padding) input tokens; memory is {memory_kind} (est.: what estimate=true "
+        f"predicts); MFU against {results['peak_bf16_tflops'] or 'no known'} dense bf16 TFLOP/s "
+        f"({results['peak_source']})",
+        f"- {'every variant in a process of its own' if results['isolated'] else 'all variants in one process'}",
         "",
     ]
     return "\n".join(head) + markdown_table(TABLE_COLUMNS, rows)
+
+
+if __name__ == "__main__":  # a variant's own process: see run_in_own_process
+    _run_variant_file(*sys.argv[1:4])

@@ -39,12 +39,13 @@ SFT_KEYS_OWNED_BY_RECIPE = ("output_dir", "report_to", "logging_dir", "run_name"
 
 class AttnImplementation(StrEnum):
     # transformers' attention implementations (`transformers.AttentionInterface` and eager).
-    auto = "auto"  # flash_attention_2 when installed on CUDA, else sdpa
+    auto = "auto"  # CUDA: flash_attention_2 if installed, else varlen_sdpa; CPU: sdpa (train/model.py)
     eager = "eager"
     sdpa = "sdpa"
     flash_attention_2 = "flash_attention_2"
     flash_attention_3 = "flash_attention_3"
     flex_attention = "flex_attention"
+    varlen_sdpa = "varlen_sdpa"  # torch's varlen kernel per conversation (train/attention.py)
 
 
 class Dtype(StrEnum):
@@ -129,8 +130,8 @@ class ModelConfig:
     short_name: str = MISSING
     revision: str | None = None
     trust_remote_code: bool = False
-    # sdpa works everywhere; flash_attention_2 is used instead when installed and asked
-    # for with `auto`; eager is what the seed recipe used (slowest, most memory).
+    # auto: on CUDA one attention per packed conversation (flash_attention_2 when installed, else
+    # varlen_sdpa), on a CPU sdpa; eager is what the seed recipe used (slowest, most memory).
     attn_implementation: AttnImplementation = AttnImplementation.auto
     # auto: bfloat16 where the hardware supports it, else float32.
     dtype: ModelDtype = ModelDtype.auto
@@ -257,10 +258,11 @@ class LoggerConfig:
 
 @dataclass
 class HardwareConfig:
-    # What `estimate=true` compares against and prices (conf/hardware/, sources there).
+    # What `estimate=true` compares against and prices (conf/hardware/, sources there);
+    # `local`: this machine, its GPU (or CPU and RAM) read when the estimate runs.
     name: str = MISSING
     gpus: int = 1
-    gpu_memory_gib: float = MISSING
+    gpu_memory_gib: float | None = None  # null: read from this machine (hardware=local)
     # Price of the whole machine (all its GPUs); null when it has no public hourly price.
     usd_per_hour: float | None = None
     # Training throughput per GPU, by method, for a model of `reference_params` parameters;

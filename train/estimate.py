@@ -1,6 +1,6 @@
 """Before launching: memory, tokens, time and cost of a training config, without loading weights.
 
-    python -m train estimate=true                                   # the tiny default
+    python -m train estimate=true                                   # the tiny default, this machine
     python -m train +profile=a100 estimate=true                     # Phi-3.5-mini, full, one A100
     python -m train +profile=24gb estimate=true                     # QLoRA on a 24 GB card
     python -m train +profile=a100 peft=lora hardware=nc40ads_h100_v5 estimate=true
@@ -14,23 +14,32 @@ tokenizer exactly as training would (`train.data.prepare_for`) to count tokens; 
 tokenizer or the data cannot be read (offline, hub ids) the estimate says so and prices
 a million tokens instead.
 
+The machine is `hardware` (conf/hardware/): a named GPU machine, or `local` (the default and the
+CPU profile): this machine's CUDA GPU, or its CPU and RAM, read when the estimate runs.
+
 Memory per GPU (approximate, about +-20%: the allocator and CUDA context come on top):
 - weights: parameters x bytes of `model.dtype`; QLoRA: 4-bit NF4 decoder linears (0.5 byte
   plus quantisation constants), the rest in bf16;
 - gradients and optimizer state: trainable parameters x dtype bytes, and AdamW's two moments
-  (in the parameter dtype; peft keeps LoRA weights in float32);
+  (in the parameter dtype, one byte each for 8-bit optimizers; peft keeps LoRA weights in float32);
 - activations for `per_device_train_batch_size x max_length` tokens (the worst case: every
-  row full): per decoder layer the tensors autograd keeps, or only the layer inputs plus one
-  layer with gradient checkpointing; plus the float32 logits for the loss.
+  row full): per decoder layer the tensors autograd keeps; a layer that activation checkpointing
+  covers (`gradient_checkpointing_kwargs.every_n_layers`: layers 0, n, 2n, ...) keeps only its
+  input, in host memory with `offload`, and one layer at a time is recomputed in the backward;
+  plus TRL's fused LM head, which scores 4096 tokens at a time and never holds the whole logits.
 Time = tokens x epochs / (hardware tokens/s, scaled to this model's size, x GPUs); cost = time x
-$/hour. Evaluation, start-up and checkpoint writes are not included.
+$/hour, where the hardware file gives them: for `local` nothing is known until measured
+(`python -m bench.train`). Evaluation, start-up and checkpoint writes are not included.
+Nothing is written: no run folder stays behind.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -52,7 +61,12 @@ NF4_BYTES = 0.5
 # Quantisation constants per weight: one float32 absmax per 64 weights (0.5 bit), or with
 # double quantisation an 8-bit one plus a float32 per 256 of those (~0.127 bit).
 NF4_CONSTANT_BYTES = {True: 0.127 / 8, False: 0.5 / 8}
-LOGIT_BYTES = 12  # bf16 logits + float32 copy for the loss + its softmax/gradient, per vocab entry
+# TRL 1.16's fused LM head (trl/kernels/chunked_logprob.py) projects [4096 tokens, <= 32768 vocab]
+# tiles in the compute dtype: one tile and its gradient at a time, never (tokens, vocab) logits.
+LM_HEAD_TILE_TOKENS, LM_HEAD_TILE_VOCAB = 4096, 32768
+# A throughput figure measured for one model size scales to others only nearby: a tiny model is
+# bound by overheads, not FLOPs.
+THROUGHPUT_SCALING_LIMIT = 2.0
 
 
 @dataclass
@@ -66,14 +80,18 @@ class Estimate:
     optimizer_gib: float
     activations_gib: float
     total_gib: float
-    gpu: str
-    gpu_memory_gib: float
+    machine: str
+    memory_gib: float
     fits: bool
     tokens_per_micro_batch: int
+    checkpointed_layers: int
+    layers: int
+    offload: bool
     train_tokens: int | None
     tokens_note: str
     total_tokens: int | None
     tokens_per_second: float | None
+    throughput_note: str
     hours: float | None
     usd: float | None
     usd_per_million_tokens: float | None
@@ -139,13 +157,32 @@ def _dtype_bytes(model_cfg, sft_cfg) -> int:
 def _optimizer_bytes(optim: str, param_bytes: int) -> float:
     """Optimizer state per trainable parameter: AdamW keeps two moments in the parameter dtype."""
     if "8bit" in optim:
-        return 2  # two 8-bit moments (bitsandbytes)
+        return 2  # two 8-bit moments (torchao's or bitsandbytes'), scales aside
+    if "4bit" in optim:
+        return 1
     if optim.startswith(("sgd", "adafactor")):
         return 0  # plain SGD; Adafactor's factored moments are negligible
     return 2 * param_bytes
 
 
-def activation_bytes(config, tokens: int, dtype_bytes: int, checkpointing: bool, lora: bool) -> float:
+def checkpointing(sft_cfg, layers: int) -> tuple[int, bool]:
+    """(decoder layers activation checkpointing covers, whether their inputs go to host memory),
+    from the sft keys as transformers reads them (`activation_checkpointing*` over the older
+    `gradient_checkpointing*` names)."""
+    enabled = sft_cfg.get("activation_checkpointing")
+    enabled = sft_cfg.gradient_checkpointing if enabled is None else enabled
+    kwargs = (
+        sft_cfg.get("activation_checkpointing_kwargs") or sft_cfg.get("gradient_checkpointing_kwargs") or {}
+    )
+    if not enabled:
+        return 0, False
+    every = int(kwargs.get("every_n_layers", 1))
+    return len(range(0, layers, every)), bool(kwargs.get("offload", False))
+
+
+def activation_bytes(
+    config, tokens: int, dtype_bytes: int, checkpointed: int, offload: bool, lora: bool
+) -> float:
     """Activations autograd keeps for one micro-batch of `tokens` tokens (see the docstring)."""
     hidden = config.hidden_size
     kv = getattr(config, "num_key_value_heads", config.num_attention_heads) * (
@@ -156,9 +193,13 @@ def activation_bytes(config, tokens: int, dtype_bytes: int, checkpointing: bool,
     per_layer = 6 * hidden + 2 * kv + 4 * config.intermediate_size
     if lora:
         per_layer += 3 * hidden + config.intermediate_size  # dropout copies feeding the adapters
-    layers = config.num_hidden_layers
-    kept = (hidden * layers + per_layer) if checkpointing else per_layer * layers
-    return tokens * (kept * dtype_bytes + config.vocab_size * LOGIT_BYTES)
+    kept = per_layer * (config.num_hidden_layers - checkpointed)
+    if checkpointed:
+        # each covered layer keeps its input (on the host with offload); the backward recomputes one
+        # layer at a time and holds its activations and their gradients
+        kept += (0 if offload else hidden * checkpointed) + 2 * per_layer
+    lm_head = 2 * min(tokens, LM_HEAD_TILE_TOKENS) * min(config.vocab_size, LM_HEAD_TILE_VOCAB)
+    return tokens * kept * dtype_bytes + lm_head * dtype_bytes
 
 
 def estimate_memory(cfg: DictConfig, config, counts: dict[str, int]) -> dict[str, float]:
@@ -179,10 +220,13 @@ def estimate_memory(cfg: DictConfig, config, counts: dict[str, int]) -> dict[str
         weights = base + trainable * LORA_BYTES
     tokens = cfg.sft.per_device_train_batch_size * cfg.sft.max_length
     half_precision = dtype_bytes == 2 or cfg.sft.bf16 or cfg.sft.fp16  # autocast keeps 2-byte activations
+    checkpointed, offload = checkpointing(cfg.sft, config.num_hidden_layers)
     activations = activation_bytes(
-        config, tokens, 2 if half_precision else 4, cfg.sft.gradient_checkpointing, method != PeftMethod.none
+        config, tokens, 2 if half_precision else 4, checkpointed, offload, method != PeftMethod.none
     )
     return {
+        "checkpointed_layers": checkpointed,
+        "offload": offload,
         "trainable": trainable,
         "weights": weights,
         "gradients": trainable * param_bytes,
@@ -218,17 +262,61 @@ def _method(peft_cfg) -> TrainingMethod:
     return TrainingMethod.full if peft_cfg.method == PeftMethod.none else TrainingMethod.lora
 
 
+def describe_machine(hardware) -> tuple[str, float, int]:
+    """(name, memory per device in GiB, devices) of the hardware, or of this machine for `local`."""
+    if hardware.name != "local":
+        return hardware.name, hardware.gpu_memory_gib, hardware.gpus
+    return this_machine()
+
+
+def this_machine() -> tuple[str, float, int]:
+    """(name, memory per device in GiB, devices): the CUDA GPU, else the CPU and its RAM."""
+    if torch.cuda.is_available():
+        memory = torch.cuda.get_device_properties(0).total_memory / GIB
+        return f"this machine ({torch.cuda.get_device_name(0)})", memory, torch.cuda.device_count()
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+    return f"this machine ({os.cpu_count()} CPU cores, no GPU; memory: its RAM)", ram, 1
+
+
+def throughput_of(hardware, method: TrainingMethod, params: int, devices: int) -> tuple[float | None, str]:
+    """(tokens/s of the whole machine, where the figure comes from or why there is none)."""
+    rate = hardware.tokens_per_second.get(method)
+    if not rate:
+        machine = "this machine" if hardware.name == "local" else hardware.name
+        return None, (
+            f"not known for {machine} ({method}): measure it (python -m bench.train) and set "
+            f"hardware.tokens_per_second.{method}=<tokens/s>"
+        )
+    ratio = hardware.reference_params / params
+    if not 1 / THROUGHPUT_SCALING_LIMIT <= ratio <= THROUGHPUT_SCALING_LIMIT:
+        return None, (
+            f"not known: hardware.tokens_per_second is for {hardware.reference_params:.3g}-parameter models and "
+            f"does not scale to {params:,} parameters; measure this one (python -m bench.train)"
+        )
+    return rate * ratio * devices, "hardware.tokens_per_second, scaled"
+
+
+def peak_memory_gib(cfg: DictConfig) -> float:
+    """The memory part of the estimate alone (no tokenizer, no data): GiB per device."""
+    config = model_config(cfg.model)
+    memory = estimate_memory(cfg, config, count_parameters(config, cfg.peft))
+    return _total(memory) / GIB
+
+
+def _total(memory: dict) -> float:
+    return sum(memory[k] for k in ("weights", "gradients", "optimizer", "activations"))
+
+
 def build_estimate(cfg: DictConfig) -> Estimate:
     config = model_config(cfg.model)
     counts = count_parameters(config, cfg.peft)
     memory = estimate_memory(cfg, config, counts)
-    total = sum(memory[k] for k in ("weights", "gradients", "optimizer", "activations"))
-    hardware = cfg.hardware
-    method = _method(cfg.peft)
+    total = _total(memory)
+    machine, memory_gib, devices = describe_machine(cfg.hardware)
 
     train_tokens, rows, note = count_tokens(cfg)
     sft = cfg.sft
-    global_batch = sft.per_device_train_batch_size * sft.gradient_accumulation_steps * hardware.gpus
+    global_batch = sft.per_device_train_batch_size * sft.gradient_accumulation_steps * devices
     total_tokens = None
     if sft.max_steps and sft.max_steps > 0 and rows:  # max_steps wins over epochs, as in the Trainer
         per_row = sft.max_length if sft.packing else min(sft.max_length, train_tokens / rows)
@@ -236,10 +324,9 @@ def build_estimate(cfg: DictConfig) -> Estimate:
     elif train_tokens is not None:
         total_tokens = round(train_tokens * sft.num_train_epochs)
 
-    rate = hardware.tokens_per_second.get(method)
-    throughput = rate * hardware.reference_params / counts["total"] * hardware.gpus if rate else None
+    throughput, throughput_note = throughput_of(cfg.hardware, _method(cfg.peft), counts["total"], devices)
     hours = total_tokens / throughput / 3600 if throughput and total_tokens is not None else None
-    price = hardware.usd_per_hour
+    price = cfg.hardware.usd_per_hour
     return Estimate(
         model=cfg.model.name_or_path,
         method=cfg.peft.method,
@@ -250,17 +337,34 @@ def build_estimate(cfg: DictConfig) -> Estimate:
         optimizer_gib=memory["optimizer"] / GIB,
         activations_gib=memory["activations"] / GIB,
         total_gib=total / GIB,
-        gpu=hardware.name,
-        gpu_memory_gib=hardware.gpu_memory_gib,
-        fits=total / GIB <= 0.9 * hardware.gpu_memory_gib,  # ~10% for the CUDA context and fragments
+        machine=machine,
+        memory_gib=memory_gib,
+        fits=total / GIB <= 0.9 * memory_gib,  # ~10% for the CUDA context and fragments
         tokens_per_micro_batch=memory["tokens_per_micro_batch"],
+        checkpointed_layers=memory["checkpointed_layers"],
+        layers=config.num_hidden_layers,
+        offload=memory["offload"],
         train_tokens=train_tokens,
         tokens_note=note,
         total_tokens=total_tokens,
         tokens_per_second=throughput,
+        throughput_note=throughput_note,
         hours=hours,
         usd=hours * price if hours is not None and price is not None else None,
         usd_per_million_tokens=price / 3600 / throughput * 1e6 if throughput and price is not None else None,
+    )
+
+
+def _checkpointing_text(est: Estimate) -> str:
+    if not est.checkpointed_layers:
+        return "activation checkpointing off"
+    covered = (
+        "every layer"
+        if est.checkpointed_layers == est.layers
+        else f"{est.checkpointed_layers} of {est.layers} layers"
+    )
+    return f"activation checkpointing on {covered}" + (
+        ", inputs offloaded to host memory" if est.offload else ""
     )
 
 
@@ -269,29 +373,30 @@ def report(est: Estimate, cfg: DictConfig) -> str:
     verdict = "fits" if est.fits else "DOES NOT FIT (keep ~10% free)"
     lines = [
         "",
-        f"Estimate for {est.model} ({est.method}) on {est.gpu}; no weights loaded.",
+        f"Estimate for {est.model} ({est.method}) on {est.machine}; no weights loaded.",
         f"  parameters     {est.params:,} ({est.trainable_params:,} trainable)",
-        f"  per-GPU memory at batch {sft.per_device_train_batch_size} x {sft.max_length} tokens, "
-        f"gradient checkpointing {'on' if sft.gradient_checkpointing else 'off'}:",
+        f"  memory per device, {sft.per_device_train_batch_size} x {sft.max_length} = "
+        f"{est.tokens_per_micro_batch:,} tokens per micro-batch, {_checkpointing_text(est)}:",
         f"    weights      {est.weights_gib:8.2f} GiB",
         f"    gradients    {est.gradients_gib:8.2f} GiB",
         f"    optimizer    {est.optimizer_gib:8.2f} GiB  ({sft.optim})",
         f"    activations  {est.activations_gib:8.2f} GiB",
-        f"    total        {est.total_gib:8.2f} GiB of {est.gpu_memory_gib:g} GiB: {verdict}",
+        f"    total        {est.total_gib:8.2f} GiB of {est.memory_gib:.4g} GiB: {verdict}",
     ]
     if not est.fits:
         lines.append(
-            "    try: sft.gradient_checkpointing=true, a smaller sft.per_device_train_batch_size with more "
-            "sft.gradient_accumulation_steps, peft=lora or peft=qlora, or FSDP/ZeRO-3 over several GPUs"
+            "    try: sft.gradient_checkpointing=true (sft.gradient_checkpointing_kwargs.every_n_layers=1), a "
+            "smaller sft.per_device_train_batch_size with more sft.gradient_accumulation_steps, peft=lora or "
+            "peft=qlora, or FSDP/ZeRO-3 over several GPUs"
         )
     if est.train_tokens is None:
         lines.append(f"  data tokens    {est.tokens_note}")
     else:
         lines.append(f"  data tokens    {est.train_tokens:,} train ({est.tokens_note})")
     if est.tokens_per_second:
-        lines.append(
-            f"  throughput     {est.tokens_per_second:,.0f} tokens/s (hardware.tokens_per_second, scaled)"
-        )
+        lines.append(f"  throughput     {est.tokens_per_second:,.0f} tokens/s ({est.throughput_note})")
+    else:
+        lines.append(f"  throughput     {est.throughput_note}")
     if est.hours is not None:
         duration = f"{est.hours:.2f} h" if est.hours >= 0.1 else f"{est.hours * 3600:.0f} s"
         lines.append(f"  training       {est.total_tokens:,} tokens: {duration}")
@@ -305,10 +410,21 @@ def report(est: Estimate, cfg: DictConfig) -> str:
 
 
 def estimate(cfg: DictConfig) -> Estimate:
-    """Print the estimate and write it to `<run dir>/estimate.json`."""
+    """Print the estimate; write nothing (the run folder Hydra made for it is removed)."""
     est = build_estimate(cfg)
     print(report(est, cfg))
-    out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "estimate.json").write_text(json.dumps(asdict(est), indent=2), encoding="utf-8")
+    remove_run_folder(cfg)
     return est
+
+
+def remove_run_folder(cfg: DictConfig) -> None:
+    """Remove the run folder Hydra creates before any command runs, when it holds only Hydra's own
+    files (its .hydra/ record and the log): a command that trains nothing leaves no run behind."""
+    run_dir = Path(cfg.paths.output_dir)
+    if not run_dir.is_dir() or any(p.name != ".hydra" and p.suffix != ".log" for p in run_dir.iterdir()):
+        return
+    shutil.rmtree(run_dir)
+    for parent in run_dir.parents:  # the runs/ and task folders it was the first in
+        if parent == Path(cfg.paths.output_root) or any(parent.iterdir()):
+            break
+        parent.rmdir()

@@ -13,6 +13,7 @@ import logging
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from train.attention import VARLEN_SDPA
 from train.config import AttnImplementation, ModelDtype, PeftMethod
 
 log = logging.getLogger(__name__)
@@ -23,12 +24,20 @@ class ConfigError(ValueError):
 
 
 def resolve_attn_implementation(requested: AttnImplementation) -> str:
-    """`auto` means flash_attention_2 when installed on CUDA, else sdpa; never eager."""
+    """`auto`: on CUDA an attention that runs a padding-free batch one conversation at a time:
+    flash_attention_2 when flash-attn is installed, else torch's own varlen kernel (`varlen_sdpa`,
+    train/attention.py), else flex_attention; never sdpa, which would attend over the whole
+    flattened batch. On a CPU, sdpa: correct for packed rows too (a block-diagonal mask), and the
+    CPU's rows are short."""
     if requested != AttnImplementation.auto:
         return str(requested)
-    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+    if not torch.cuda.is_available():
+        return "sdpa"
+    if importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
-    return "sdpa"
+    if importlib.util.find_spec("torch.nn.attention.varlen") is not None:
+        return VARLEN_SDPA
+    return "flex_attention"
 
 
 def resolve_dtype(requested: ModelDtype) -> torch.dtype:

@@ -16,7 +16,7 @@
 
 Features and the keys that control them:
 - model: hub id or local directory (`model.name_or_path`), attention (`model.attn_implementation`:
-  auto = flash_attention_2 if installed, else sdpa), dtype, a dedicated pad token.
+  auto = one attention per packed conversation on CUDA, sdpa on a CPU), dtype, a dedicated pad token.
 - data: ultrachat-style `messages` from local files or the hub (`data=...`), with an empty
   system turn added where missing (`model.add_empty_system_turn`).
 - adapters: `peft=none|lora|qlora|dora` and `peft.<field>`; QLoRA refuses to start
@@ -53,11 +53,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase, set_seed
-from trl import SFTConfig, SFTTrainer
+from trl import SFTTrainer
 
 from train import checkpoint, data, evaluate, launch, model, sweep, tracking
 from train.config import PeftMethod, PeftSave, sft_schema
 from train.prepare import preview
+from train.sft import sft_args
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +103,7 @@ def set_up(cfg: DictConfig) -> Setup:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     args = sft_args(cfg)
-    if launch.world_size() != args.world_size:
-        raise model.ConfigError(
-            f"{launch.world_size()} processes were launched but the trainer sees {args.world_size}: every "
-            "rank would act as rank 0. Without CUDA, multi-process training needs sft.use_cpu=true "
-            "(+profile=cpu) for the gloo backend."
-        )
+    launch.check_processes(args.world_size)
     resume_from = checkpoint.find_resume_checkpoint(cfg.resume, Path(args.output_dir))
     tokenizer = model.load_tokenizer(cfg.model)
     with args.main_process_first(desc="preparing data"):  # one rank per node writes the files
@@ -123,6 +119,7 @@ def set_up(cfg: DictConfig) -> Setup:
         peft_config=model.lora_config(cfg.peft),
         callbacks=[tracking.MetricsOnlyMLflowCallback(), checkpoint.ResumeGuard(resume_from)],
     )
+    launch.check_sharding(trainer)  # FSDP/DeepSpeed asked for but not active: stop, train nothing else
     stop_on_signal = checkpoint.StopOnSignal(trainer.accelerator)
     trainer.add_callback(stop_on_signal)
     return Setup(
@@ -244,16 +241,6 @@ def summarize(setup: Setup, metrics: dict[str, float], run_id: str, version) -> 
     (setup.output_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     print_summary(summary)
     return metrics
-
-
-def sft_args(cfg: DictConfig) -> SFTConfig:
-    kwargs = OmegaConf.to_container(cfg.sft, resolve=True, enum_to_str=True)
-    return SFTConfig(
-        output_dir=str(Path(cfg.paths.output_dir) / "checkpoints"),
-        report_to="none",  # MLflow: tracking.MetricsOnlyMLflowCallback and the stages below
-        run_name=cfg.logger.run_name,
-        **kwargs,
-    )
 
 
 def sft_defaults() -> dict:

@@ -1,0 +1,27 @@
+"""TRL's `SFTConfig` from the composed config: shared by the recipe and the benchmark.
+
+Imports neither mlflow nor the recipe, so the benchmark runs on a GPU box that has only the
+training stack (bench/gpu_kit.txt).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from trl import SFTConfig
+
+
+def sft_args(cfg: DictConfig) -> SFTConfig:
+    kwargs = OmegaConf.to_container(cfg.sft, resolve=True, enum_to_str=True)
+    if not torch.accelerator.is_available():
+        # Training runs on the CPU anyway; saying so makes accelerate pick gloo when torchrun starts
+        # several processes (without it, each process would train alone as rank 0).
+        kwargs["use_cpu"] = True
+    return SFTConfig(
+        output_dir=str(Path(cfg.paths.output_dir) / "checkpoints"),
+        report_to="none",  # MLflow: train.tracking's callback and the recipe's stages
+        run_name=cfg.logger.run_name,
+        **kwargs,
+    )
