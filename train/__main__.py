@@ -14,11 +14,13 @@ import hydra
 from omegaconf import DictConfig
 
 from train.config import TargetName, register_configs
+from train.errors import one_line_user_errors
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@one_line_user_errors  # a bad data row or setting: one line on stderr, exit status 2
 def main(cfg: DictConfig) -> float | None:
     if cfg.estimate:  # memory, tokens, time and cost of this config; loads no weights
         from train.estimate import estimate

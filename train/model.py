@@ -15,12 +15,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from train.attention import VARLEN_SDPA
 from train.config import AttnImplementation, ModelDtype, PeftMethod
+from train.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A setting that cannot work; the message names the key and what to do."""
 
 
 def resolve_attn_implementation(requested: AttnImplementation) -> str:

@@ -13,11 +13,13 @@ import hydra
 from omegaconf import DictConfig
 
 from train.config import register_configs
+from train.errors import one_line_user_errors
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="prepare")
+@one_line_user_errors  # a bad data row or setting: one line on stderr, exit status 2
 def main(cfg: DictConfig) -> None:
     from train.prepare.cli import prepare_and_report
 

@@ -21,14 +21,12 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
+from train.errors import DataError
+
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 BOM = b"\xef\xbb\xbf"
 # CSV cells cannot hold lists, so these columns arrive as JSON text.
 JSON_COLUMNS = ("messages", "conversations")
-
-
-class DataError(ValueError):
-    """The data cannot be prepared; the message names the file, the row and what to do."""
 
 
 @dataclass(frozen=True)
