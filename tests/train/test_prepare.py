@@ -337,7 +337,7 @@ def test_directory_of_mixed_files_in_name_order(tmp_path):
     rejects = read_jsonl(tmp_path / "out" / "rejects.jsonl")
     assert [(Path(r["source"]).name, r.get("line") or r.get("record")) for r in rejects] == [
         ("b.jsonl", 2),
-        ("c.csv", 2),
+        ("c.csv", 3),  # the file line: the header is line 1
     ]
     assert stats.formats == {"alpaca": 1, "messages": 2, "prompt_completion": 1}
     assert sorted(m[0]["content"] for m in written(tmp_path / "out")) == ["a1", "b1?", "c1", "d1?"]
@@ -370,10 +370,45 @@ def test_csv_messages_column_holds_json(tmp_path):
     stats = prepare(tmp_path / "d.csv", tmp_path / "out", on_error="skip")
     assert written(tmp_path / "out") == [chat()["messages"]] and stats.formats == {"messages": 1}
     [reject] = read_jsonl(tmp_path / "out" / "rejects.jsonl")
-    assert reject["record"] == 2 and reject["reason"].startswith("'messages' is not valid JSON")
+    assert reject["line"] == 3 and reject["reason"].startswith("'messages' is not valid JSON")
     assert reject["raw"] == {"prompt": "x", "messages": "[not json", "id": "008"}
-    with pytest.raises(DataError, match=r"d\.csv record 2: 'messages' is not valid JSON"):
+    with pytest.raises(DataError, match=r"d\.csv line 3: 'messages' is not valid JSON"):
         prepare(tmp_path / "d.csv", tmp_path / "out")
+
+
+def test_csv_rows_are_named_by_the_file_line_they_start_on_and_empty_cells_are_empty(tmp_path):
+    # Quoted cells spanning lines: the 4th record starts on line 10, its completion cell is empty.
+    path = tmp_path / "d.csv"
+    path.write_text(
+        'prompt,completion\n"line one\nline two\nline three",ok 1\np2,"multi\nline\nanswer"\n'
+        '"p3\nmore",ok 3\np4,\n\np5,ok 5\np6,ok,extra\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(DataError, match=r"d\.csv line 10: completion is empty \(set data.on_error=skip"):
+        prepare(path, tmp_path / "out")
+    stats = prepare(path, tmp_path / "out", on_error="skip")
+    rejects = read_jsonl(tmp_path / "out" / "rejects.jsonl")
+    assert [(r["line"], r["reason"]) for r in rejects] == [
+        (10, "completion is empty"),
+        (13, "3 cells, but the header has 2 (prompt, completion)"),  # line 11 is blank
+    ]
+    assert rejects[1]["raw"] == ["p6", "ok", "extra"]
+    assert (stats.rows_read, stats.kept) == (6, 4)
+    assert sorted(m[1]["content"] for m in written(tmp_path / "out")) == [
+        "multi\nline\nanswer",
+        "ok 1",
+        "ok 3",
+        "ok 5",
+    ]
+
+
+def test_a_csv_table_mixing_formats_detects_each_row_by_its_filled_cells(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text(
+        "instruction,output,prompt,completion,messages\nSay hi.,Hi,,,\n,,2+2?,4,\n", encoding="utf-8"
+    )
+    stats = prepare(path, tmp_path / "out", test_size=0.5)
+    assert stats.formats == {"alpaca": 1, "prompt_completion": 1}
 
 
 def test_json_file_may_hold_json_lines(tmp_path):

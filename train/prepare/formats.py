@@ -40,11 +40,14 @@ class RowError(ValueError):
 
 
 def detect_format(record: Any) -> DataFormat:
-    """The record's format from its keys (see `_DETECT` for the precedence)."""
+    """The record's format from its keys (see `_DETECT` for the precedence). Keys with a value
+    decide first: a CSV row of a table mixing formats has every column, the unused ones empty."""
     _require_object(record)
-    for name, keys in _DETECT:
-        if any(key in record for key in keys):
-            return name
+    filled = {key for key, value in record.items() if value != ""}
+    for present in (filled, record):
+        for name, keys in _DETECT:
+            if any(key in present for key in keys):
+                return name
     seen = ", ".join(sorted(map(str, record))) or "none"
     raise RowError(f"no known format ({', '.join(DataFormat)}) matches the keys: {seen}")
 
@@ -101,6 +104,8 @@ def _optional_text(record: dict, key: str) -> str:
 
 def _turns(record: dict, key: str) -> list:
     turns = _field(record, key, "record")
+    if turns == "":  # an empty CSV cell
+        raise RowError(f"{key!r} is empty")
     if not isinstance(turns, list):
         raise RowError(f"{key!r} is not a list (got {_kind(turns)})")
     if not turns:

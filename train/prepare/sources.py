@@ -1,7 +1,7 @@
 """Where chat records come from: local files, or a dataset on the Hugging Face hub.
 
-Every record is yielded as a `Row` that knows its origin (file and 1-based line for JSON lines,
-1-based record index otherwise, `dataset[split]` and index for hub datasets), so a bad record is
+Every record is yielded as a `Row` that knows its origin (file and 1-based line for JSON lines and
+CSV, 1-based record index otherwise, `dataset[split]` and index for hub datasets), so a bad record is
 reported where a person can find it. Local sources are `.jsonl`, `.json` (an array of records,
 or JSON lines), `.parquet` and `.csv` files, or a directory of them read in name order.
 A hub source is anything `datasets.load_dataset` accepts with a split expression
@@ -11,14 +11,15 @@ layout (`data/<split>-00000-of-00001.parquet`), which is how it is tested offlin
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pyarrow.parquet as pq
 
 from train.errors import DataError
@@ -34,7 +35,7 @@ class Row:
     """One record as read, with where it came from; `error` is set when it could not be parsed."""
 
     path: str
-    unit: str  # "line" (1-based line of a JSON lines file) or "record" (1-based index in a file)
+    unit: str  # "line" (1-based line a JSON lines or CSV record starts on) or "record" (1-based index)
     number: int
     raw: Any  # the line's text or the record as read, kept for rejects.jsonl
     record: Any = None
@@ -192,16 +193,36 @@ def _read_parquet(path: Path) -> Iterator[Row]:
 
 
 def _read_csv(path: Path) -> Iterator[Row]:
+    """Records numbered by the file line they start on (a quoted cell may span lines; the header is
+    line 1). Cells stay text: "007" is not 7, and an empty cell is an empty string, so a required
+    one is reported as empty rather than missing."""
+    # csv caps a cell at 131,072 characters; a longer reply is the length policy's business (the
+    # per-message character budget bounds the work), not a reason to reject the file.
+    previous_limit = csv.field_size_limit(sys.maxsize)
     try:
-        # Text stays text ("007" is not 7); only an empty cell is missing.
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
-    except pd.errors.EmptyDataError:
-        return
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read this CSV file ({e})") from None
-    records = frame.astype(object).where(frame.notna(), None).to_dict("records")
-    for row in _table_rows(path, records):
-        yield _parse_json_columns(row)
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            try:
+                header = next(reader, None)
+                start = reader.line_num + 1
+                for cells in reader:
+                    if cells:  # not a blank line
+                        yield _csv_row(path, start, header, cells)
+                    start = reader.line_num + 1
+            except (csv.Error, UnicodeDecodeError) as e:
+                raise DataError(
+                    f"{path} line {reader.line_num + 1}: cannot read this CSV file ({e})"
+                ) from None
+    finally:
+        csv.field_size_limit(previous_limit)
+
+
+def _csv_row(path: Path, line: int, header: list[str], cells: list[str]) -> Row:
+    if len(cells) != len(header):
+        error = f"{len(cells)} cells, but the header has {len(header)} ({', '.join(header)})"
+        return Row(str(path), "line", line, cells, error=error)
+    record = dict(zip(header, cells))
+    return _parse_json_columns(Row(str(path), "line", line, dict(record), record))
 
 
 def _table_rows(path: Path, records: list[dict]) -> Iterator[Row]:
@@ -212,7 +233,7 @@ def _table_rows(path: Path, records: list[dict]) -> Iterator[Row]:
 
 def _parse_json_columns(row: Row) -> Row:
     for key in JSON_COLUMNS:
-        if isinstance(row.record.get(key), str):
+        if row.record.get(key):  # an empty cell stays "" (a table's other formats leave it empty)
             try:
                 row.record[key] = json.loads(row.record[key])
             except json.JSONDecodeError as e:
