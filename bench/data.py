@@ -168,7 +168,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tokenizer", choices=("phi3-like", "tiny"), default="phi3-like")
     args = parser.parse_args(argv)
 
+    from omegaconf import OmegaConf
+
     from common.paths import cache_dir
+    from train.config import ModelConfig
     from train.model import load_tokenizer
     from train.tiny_model import ensure_tiny_phi3
 
@@ -176,13 +179,9 @@ def main(argv: list[str] | None = None) -> dict:
     train_text, conversation_text = paragraphs[::2], paragraphs[1::2]  # held out from the tokenizer
     if args.tokenizer == "phi3-like":
         tokenizer = phi3_like_tokenizer(cache_dir(), train_text)
-        tokenizer.pad_token = "<|pad|>"
+        tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
     else:
-        tokenizer = load_tokenizer(
-            argparse.Namespace(
-                name_or_path=ensure_tiny_phi3(), revision=None, trust_remote_code=False, pad_token="<|pad|>"
-            )
-        )
+        tokenizer = load_tokenizer(OmegaConf.structured(ModelConfig(ensure_tiny_phi3(), "tiny-phi3")))
     scratch = Path(tempfile.mkdtemp(prefix="bench-data-"))
     os.environ["HF_DATASETS_CACHE"] = str(scratch / "hf")  # no stale map cache between runs
     conversations = ultrachat_like(args.rows, conversation_text)

@@ -13,6 +13,34 @@ from typing import Any
 
 from common.payloads import check_context
 
+SENTINEL_REPLY = "Sentinel reply 7"
+
+
+def special_token_ids(tokenizer) -> set[int]:
+    """Every special token's id: the named ones (bos, eos, ...) and the added tokens marked special
+    (a GGUF vocabulary marks Phi-3's <|end|> special without naming it among all_special_ids)."""
+    added = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+    return set(tokenizer.all_special_ids) | added
+
+
+def end_of_turn_id(tokenizer, chat_template: str | None = None) -> int | None:
+    """The token the chat template closes an assistant reply with: the first special token rendered
+    after a reply that another turn follows (<|end|> for Phi-3, 3.5 and 4-mini, <|im_end|> for
+    ChatML, <|eot_id|> for Llama 3). None when no special token follows a reply."""
+    probe = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": SENTINEL_REPLY},
+        {"role": "user", "content": "Bye"},
+    ]
+    text = tokenizer.apply_chat_template(probe, chat_template=chat_template, tokenize=False)
+    if SENTINEL_REPLY not in text:
+        return None
+    after = text.index(SENTINEL_REPLY) + len(SENTINEL_REPLY)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    special = special_token_ids(tokenizer)
+    pairs = zip(encoded["input_ids"], encoded["offset_mapping"])
+    return next((token for token, (start, _) in pairs if start >= after and token in special), None)
+
 
 def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     """Token ids of the prompt a model answers: the chat template with the generation prompt."""

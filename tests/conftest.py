@@ -43,6 +43,32 @@ def tiny_cache(tmp_path_factory):
     return Path(cache)
 
 
+@pytest.fixture(scope="session")
+def chat_family(tmp_path_factory):
+    """`chat_family(name)`: the directory of a tiny model of a chat family, built once per session:
+    phi3_5 (the tiny default), phi3_gguf (Phi-3-mini's real vocabulary) or one of
+    tests/tiny_families.py's FAMILIES."""
+    from tests import tiny_families
+    from train.tiny_model import ensure_tiny_phi3
+
+    built: dict[str, str] = {}
+
+    def get(name: str) -> str:
+        if name not in built:
+            out = tmp_path_factory.mktemp(f"family-{name}")
+            if name == "phi3_5":
+                built[name] = ensure_tiny_phi3()
+            elif name == "phi3_gguf":
+                if not tiny_families.PHI3_VOCAB.exists():
+                    pytest.skip(f"Phi-3's real vocabulary not found at {tiny_families.PHI3_VOCAB}")
+                built[name] = str(tiny_families.build_phi3_gguf(out))
+            else:
+                built[name] = str(tiny_families.build_family(name, out))
+        return built[name]
+
+    return get
+
+
 @pytest.fixture(scope="module", autouse=True)
 def no_ambient_mlflow_store():
     """Never let a developer's MLflow server, an Azure workspace, or another test's store

@@ -135,11 +135,21 @@ class ModelConfig:
     attn_implementation: AttnImplementation = AttnImplementation.auto
     # auto: bfloat16 where the hardware supports it, else float32.
     dtype: ModelDtype = ModelDtype.auto
-    # Pad token to use when the tokenizer has none, or has one equal to a stop token.
+    # Pad token when the tokenizer has none, or one that is a stop token: reused if in the
+    # vocabulary, else added only into a spare embedding row; without one, the unk token or a
+    # reserved token is reused (train.model.choose_pad_token). A stop token here is refused.
     pad_token: str = "<|pad|>"
     # Insert an empty system turn when a conversation has none (the seed recipe's
     # behaviour; Phi-3's template then renders nothing for it).
     add_empty_system_turn: bool = True
+    # null: the tokenizer's own chat template. Else a .jinja file, or the name of a template TRL
+    # ships (trl/chat_templates/: phi3, phi3_5, qwen2_5, llama3, ...; *_training ones carry the
+    # {% generation %} markers). It is trained with, logged and served.
+    chat_template: str | None = None
+    # null: the model's generation_config.eos_token_id. Else the tokens generation stops at,
+    # e.g. ['<|end|>', '<|endoftext|>'], written into the trained model's generation config;
+    # they must include the token the chat template ends a reply with.
+    stop_tokens: list[str] | None = None
 
 
 @dataclass

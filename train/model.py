@@ -9,10 +9,19 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
+from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedTokenizerBase,
+)
 
+from common.generation import end_of_turn_id
 from train.attention import VARLEN_SDPA
 from train.config import AttnImplementation, ModelDtype, PeftMethod
 from train.errors import ConfigError
@@ -56,24 +65,151 @@ def check_peft_hardware(peft_cfg) -> None:
 
 
 def load_tokenizer(model_cfg) -> PreTrainedTokenizerBase:
-    """The model's tokenizer with a real pad token and the configured chat template.
+    """The model's tokenizer with the configured chat template and a pad token that is no stop token.
 
-    Phi-3's tokenizers ship with pad == <|endoftext|> (a stop token) or none at all; padding
-    with a stop token masks it out of the labels, so the model never learns to stop. The
-    seed recipe padded with <unk>, which is a real vocabulary token. Here the pad is a
-    dedicated token (`model.pad_token`, added if the vocabulary lacks it).
+    Will the fine-tuned model stop? Its chat template must close a reply with a special token
+    (the end of turn: <|end|>, <|im_end|>, <|eot_id|>), generation must stop at it, and the pad
+    must not be a stop token (Phi-3's tokenizers pad with <|endoftext|>). Anything else is a
+    ConfigError naming the way out, raised before data or weights are loaded.
     """
     tokenizer = AutoTokenizer.from_pretrained(
         model_cfg.name_or_path,
         revision=model_cfg.revision,
         trust_remote_code=model_cfg.trust_remote_code,
     )
-    stop_ids = {tokenizer.eos_token_id}
-    if tokenizer.pad_token_id is None or tokenizer.pad_token_id in stop_ids:
-        tokenizer.add_special_tokens({"pad_token": model_cfg.pad_token})
-        log.info("pad token set to %s (id %d)", tokenizer.pad_token, tokenizer.pad_token_id)
+    if model_cfg.chat_template:
+        tokenizer.chat_template = read_chat_template(model_cfg.chat_template)
+    if not tokenizer.chat_template:
+        raise ConfigError(
+            f"{model_cfg.name_or_path}: the tokenizer has no chat template; set model.chat_template to a "
+            f".jinja file or a template TRL ships ({', '.join(trl_template_names())})"
+        )
+    config = AutoConfig.from_pretrained(
+        model_cfg.name_or_path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
+    )
+    stops = stop_token_ids(model_cfg, tokenizer, config)
+    token, added = choose_pad_token(tokenizer, model_cfg.pad_token, embedding_rows(config, tokenizer), stops)
+    if added:
+        tokenizer.add_special_tokens({"pad_token": token})
+    else:
+        tokenizer.pad_token = token
+    log.info("pad token %s (id %d)%s", token, tokenizer.pad_token_id, " added" if added else "")
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+def trl_chat_templates_dir() -> Path:
+    import trl
+
+    return Path(trl.__file__).parent / "chat_templates"
+
+
+def trl_template_names() -> list[str]:
+    return sorted(p.stem for p in trl_chat_templates_dir().glob("*.jinja"))
+
+
+def read_chat_template(value: str) -> str:
+    """`model.chat_template`: a Jinja file, or the name of one TRL ships (trl/chat_templates/NAME.jinja)."""
+    for path in (Path(value).expanduser(), trl_chat_templates_dir() / f"{value}.jinja"):
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+    raise ConfigError(
+        f"model.chat_template={value}: no such file, and not a template TRL ships "
+        f"({', '.join(trl_template_names())})"
+    )
+
+
+def stop_token_ids(model_cfg, tokenizer, config) -> list[int]:
+    """The ids generation stops at (`model.stop_tokens`, else the model's generation config); they
+    must include the token the chat template ends a reply with, or the model would never stop."""
+    name = model_cfg.name_or_path
+    end = end_of_turn_id(tokenizer)
+    if end is None:
+        raise ConfigError(
+            f"{name}: its chat template writes no special token after an assistant reply, so nothing "
+            "tells generation where a reply ends; set model.chat_template to one that does "
+            f"(a .jinja file or one of TRL's: {', '.join(trl_template_names())})"
+        )
+    if model_cfg.stop_tokens:
+        vocab = tokenizer.get_vocab()
+        unknown = [t for t in model_cfg.stop_tokens if t not in vocab]
+        if unknown:
+            raise ConfigError(f"model.stop_tokens: {unknown} are not in the vocabulary of {name}")
+        where, ids = "model.stop_tokens", [vocab[t] for t in model_cfg.stop_tokens]
+    else:
+        where, ids = "generation_config.eos_token_id", generation_stop_ids(model_cfg, config)
+    if end not in ids:
+        suggested = ",".join(f"'{t}'" for t in tokenizer.convert_ids_to_tokens([end, *ids]))
+        raise ConfigError(
+            f"{where} {ids} of {name} lacks {tokenizer.convert_ids_to_tokens(end)!r} (id {end}), the token "
+            "its chat template ends every reply with: the fine-tuned model would not stop. Add it, e.g. "
+            f'"model.stop_tokens=[{suggested}]" (written into the trained model\'s generation config)'
+        )
+    return ids
+
+
+def generation_stop_ids(model_cfg, config) -> list[int]:
+    """generation_config.eos_token_id as the loaded model will have it (from config.json without one)."""
+    try:
+        eos = GenerationConfig.from_pretrained(
+            model_cfg.name_or_path, revision=model_cfg.revision
+        ).eos_token_id
+    except OSError:  # no generation_config.json: transformers derives it from the model config
+        eos = None
+    if eos is None:
+        eos = config.get_text_config().eos_token_id
+    return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+
+
+def embedding_rows(config, tokenizer) -> int:
+    """Rows of the input embedding; Phi-3's and Qwen2.5's have spare rows past the tokenizer's entries."""
+    return getattr(config.get_text_config(), "vocab_size", None) or len(tokenizer)
+
+
+RESERVED_TOKEN = re.compile(r"pad|reserved|placeholder|unused", re.IGNORECASE)
+
+
+def choose_pad_token(tokenizer, wanted: str, rows: int, stops: list[int]) -> tuple[str, bool]:
+    """(pad token, whether to add it): never a stop token, and never a new embedding row.
+
+    In order: the tokenizer's own pad unless it is a stop token; `wanted` (`model.pad_token`) if in
+    the vocabulary, or added when the embedding has a spare row (hub Phi-3/3.5: 32,011 tokens,
+    32,064 rows); the unk token (what the seed recipe padded with; Phi-3's GGUF vocabulary fills
+    every row); a reserved token the chat template does not use (Llama 3's
+    <|finetune_right_pad_id|>). Growing the embedding would change the model's shape (a LoRA
+    adapter would have to carry embedding and head), so otherwise it is refused.
+    """
+    stop = {*stops, tokenizer.eos_token_id}
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id not in stop:
+        return tokenizer.pad_token, False
+    vocab = tokenizer.get_vocab()
+    if wanted in vocab:
+        if vocab[wanted] in stop:
+            raise ConfigError(
+                f"model.pad_token={wanted} is a stop token; padding with it hides where replies end"
+            )
+        return wanted, False
+    if len(tokenizer) < rows:
+        return wanted, True
+    if tokenizer.unk_token is not None and tokenizer.unk_token_id not in stop:
+        return tokenizer.unk_token, False
+    reserved = [
+        token.content
+        for token_id, token in sorted(tokenizer.added_tokens_decoder.items())
+        if token_id not in stop
+        and token_id != tokenizer.bos_token_id
+        and RESERVED_TOKEN.search(token.content)
+        and token.content not in tokenizer.chat_template
+    ]
+    reserved.sort(key=lambda content: "pad" not in content.lower())  # a token named pad first
+    if reserved:
+        return reserved[0], False
+    raise ConfigError(
+        f"{tokenizer.name_or_path}: no pad token that is not a stop token. Its own is "
+        f"{tokenizer.pad_token!r}, {wanted!r} is not in the vocabulary and the embedding has no spare row "
+        f"for it ({len(tokenizer)} tokens, {rows} rows), and it has no unk or reserved token to reuse. "
+        "Set model.pad_token to a token of the vocabulary that the data never contains."
+    )
 
 
 def quantization_config(peft_cfg):
@@ -101,12 +237,14 @@ def load_model(model_cfg, peft_cfg, tokenizer: PreTrainedTokenizerBase):
         dtype=dtype,
         quantization_config=quantization_config(peft_cfg),
     )
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        # Phi-3 reserves spare rows (32064 > 32011 tokens), so this is rare.
-        model.resize_token_embeddings(len(tokenizer))
+    # load_tokenizer chose a pad that fits the embedding (choose_pad_token): no resize here.
     model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+        if model_cfg.stop_tokens:  # checked by load_tokenizer; served with the model
+            model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(
+                list(model_cfg.stop_tokens)
+            )
     return model
 
 

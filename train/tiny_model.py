@@ -8,9 +8,12 @@ loading code in `train.model` is the same for the tiny model and for
 microsoft/Phi-3.5-mini-instruct.
 
 - Tokenizer: byte-level BPE trained with `tokenizers` on the bundled sample data, with
-  Phi-3's chat special tokens, `<|end|>` as EOS and a dedicated `<|pad|>` (never EOS: a pad
-  equal to EOS gets masked out of the labels and the model never learns to stop).
-- Model: `Phi3ForCausalLM` from a small `Phi3Config`, random weights with a fixed seed.
+  Phi-3.5-mini-instruct's special tokens in their roles: `<|end|>` closes a turn,
+  `<|endoftext|>` is EOS and (as on the hub) the pad, `<s>` BOS, `<unk>` unk. So the pad rule
+  of `train.model` runs for the tiny model as for the real one (`<|pad|>` goes into a spare
+  embedding row: 512 tokens, 576 rows, as Phi-3.5 has 32,011 tokens and 32,064 rows).
+- Model: `Phi3ForCausalLM` from a small `Phi3Config`, random weights with a fixed seed, and
+  Phi-3.5's generation stop ids: `<|end|>`, `<|assistant|>`, `<|endoftext|>`.
 
 The directory is keyed by a hash of everything that goes into it, written to a temporary
 sibling and renamed into place, so concurrent builders (several ranks, parallel tests)
@@ -29,7 +32,12 @@ from pathlib import Path
 from common.paths import cache_dir
 from train.sample_data import TRAIN_FILE
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|pad|>"]
+SPECIAL_TOKENS = ["<unk>", "<s>", "<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>"]
+# microsoft/Phi-3.5-mini-instruct's special_tokens_map and generation_config.json (eos_token_id
+# [32007, 32001, 32000]): <|endoftext|> ends the text, <|end|> ends a turn.
+ROLES = {"bos_token": "<s>", "eos_token": "<|endoftext|>", "unk_token": "<unk>", "pad_token": "<|endoftext|>"}
+STOP_TOKENS = ["<|end|>", "<|assistant|>", "<|endoftext|>"]
+TOKENIZER_VOCAB = 512
 
 
 def phi35_chat_template() -> str:
@@ -46,7 +54,7 @@ def phi35_chat_template() -> str:
 
 # Sized so the default run learns its task on two CPU cores in about a minute.
 MODEL_SHAPE = {
-    "vocab_size": 512,
+    "vocab_size": 576,  # embedding rows: spare ones past the tokenizer's 512 entries
     "hidden_size": 64,
     "intermediate_size": 256,
     "num_hidden_layers": 2,
@@ -60,7 +68,8 @@ SEED = 0
 def _fingerprint() -> str:
     h = hashlib.sha256()
     h.update(TRAIN_FILE.read_bytes())
-    h.update(json.dumps([SPECIAL_TOKENS, phi35_chat_template(), MODEL_SHAPE, SEED]).encode())
+    parts = [SPECIAL_TOKENS, ROLES, STOP_TOKENS, TOKENIZER_VOCAB, phi35_chat_template(), MODEL_SHAPE, SEED]
+    h.update(json.dumps(parts).encode())
     return h.hexdigest()[:12]
 
 
@@ -71,9 +80,16 @@ def _sample_texts():
                 yield message["content"]
 
 
-def build_tokenizer(texts=None, vocab_size: int = MODEL_SHAPE["vocab_size"]):
-    """A byte-level BPE `PreTrainedTokenizerFast` with Phi-3.5's special tokens and chat template,
-    trained on `texts` (default: the sample conversations)."""
+def build_tokenizer(
+    texts=None,
+    vocab_size: int = TOKENIZER_VOCAB,
+    special_tokens: list[str] = SPECIAL_TOKENS,
+    roles: dict[str, str] = ROLES,
+    chat_template: str | None = None,
+):
+    """A byte-level BPE `PreTrainedTokenizerFast` trained on `texts` (default: the sample
+    conversations) with `special_tokens` in their `roles` (bos_token, eos_token, ...) and a chat
+    template; by default Phi-3.5's tokens and template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -82,22 +98,19 @@ def build_tokenizer(texts=None, vocab_size: int = MODEL_SHAPE["vocab_size"]):
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     core.train_from_iterator(texts if texts is not None else _sample_texts(), trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
-        bos_token="<|endoftext|>",
-        eos_token="<|end|>",
-        pad_token="<|pad|>",
-        unk_token="<|endoftext|>",
-        additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>"],
+        **roles,
+        additional_special_tokens=[t for t in special_tokens if t not in roles.values()],
         model_max_length=MODEL_SHAPE["max_position_embeddings"],
         padding_side="right",
     )
-    tokenizer.chat_template = phi35_chat_template()
+    tokenizer.chat_template = chat_template or phi35_chat_template()
     return tokenizer
 
 
@@ -110,17 +123,16 @@ def build_tiny_phi3(out_dir: Path) -> Path:
     ids = tokenizer.convert_tokens_to_ids
     config = Phi3Config(
         **MODEL_SHAPE,
-        bos_token_id=ids("<|endoftext|>"),
-        eos_token_id=ids("<|end|>"),
-        pad_token_id=ids("<|pad|>"),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
     torch.manual_seed(SEED)
     model = Phi3ForCausalLM(config)
-    # Chat turns end with <|end|>; stopping there is what the served model must do too.
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id,
-        eos_token_id=config.eos_token_id,
+        eos_token_id=ids(STOP_TOKENS),
         pad_token_id=config.pad_token_id,
         max_new_tokens=32,
         do_sample=False,

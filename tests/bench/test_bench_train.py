@@ -157,15 +157,17 @@ def test_random_weights_need_a_known_architecture(compose_bench):
 def test_synthetic_data_lengths_and_ids(compose_bench):
     from bench.throughput import synthetic_dataset
     from train import model as train_model
+    from train.tiny_model import MODEL_SHAPE
 
     cfg = compose_bench("bench.data=synthetic", "bench.synthetic_mean_tokens=40")
     tokenizer = train_model.load_tokenizer(cfg.model)
-    ds = synthetic_dataset(cfg, 512, tokenizer, 300)
+    rows = MODEL_SHAPE["vocab_size"]  # the tiny model's embedding rows
+    ds = synthetic_dataset(cfg, rows, tokenizer, 300)
     lengths = [len(ids) for ids in ds["input_ids"]]
     assert min(lengths) >= 8 and max(lengths) <= cfg.sft.max_length
     assert 30 < sum(lengths) / len(lengths) < 50
     ids = {i for row in ds["input_ids"] for i in row}
-    assert tokenizer.pad_token_id not in ids and tokenizer.eos_token_id not in ids and max(ids) < 512
+    assert tokenizer.pad_token_id not in ids and tokenizer.eos_token_id not in ids and max(ids) < rows
 
 
 def test_results_are_never_overwritten(tmp_path):

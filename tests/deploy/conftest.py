@@ -20,13 +20,10 @@ def training_tokenizer(model_dir: str):
     """The tokenizer exactly as the recipe prepares it (train.model.load_tokenizer)."""
     from omegaconf import OmegaConf
 
+    from train.config import ModelConfig
     from train.model import load_tokenizer
 
-    return load_tokenizer(
-        OmegaConf.create(
-            {"name_or_path": model_dir, "revision": None, "trust_remote_code": False, "pad_token": "<|pad|>"}
-        )
-    )
+    return load_tokenizer(OmegaConf.structured(ModelConfig(model_dir, "tiny")))
 
 
 def log_model(tmp_path, model_dir: str, name: str = "tiny-phi3-sft", tokenizer=None, served_tokenizer=None):

@@ -14,6 +14,7 @@ from train import tracking
 from train.evaluate import split_for_generation
 from train.model import ConfigError
 from train.recipe import run
+from train.tiny_model import MODEL_SHAPE
 
 # Shrunk from the demo (4000 rows, 3 epochs) so the test runs in seconds; still enough
 # steps at the demo's learning rate for the loss to fall by more than half.
@@ -97,13 +98,17 @@ def test_registered_model_answers_as_the_recipe_s_own_evaluation_did(trained):
     assert choice["finish_reason"] == "stop"  # it ends its turn itself: the pad token is not a stop token
 
 
-def test_pad_token_is_distinct_from_eos(trained):
+def test_pad_token_is_no_stop_token_and_fits_a_spare_embedding_row(trained):
+    from transformers import GenerationConfig
+
     from train.model import load_tokenizer
 
     cfg, _, _ = trained
     tokenizer = load_tokenizer(cfg.model)
-    assert tokenizer.eos_token == "<|end|>" and tokenizer.pad_token == "<|pad|>"
-    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert (tokenizer.eos_token, tokenizer.pad_token) == ("<|endoftext|>", "<|pad|>")  # as Phi-3.5's
+    stops = GenerationConfig.from_pretrained(cfg.model.name_or_path).eos_token_id
+    assert tokenizer.pad_token_id not in stops and tokenizer.convert_tokens_to_ids("<|end|>") in stops
+    assert tokenizer.pad_token_id == len(tokenizer) - 1 < MODEL_SHAPE["vocab_size"]  # no resize
 
 
 def test_qlora_without_cuda_stops_before_loading(compose_train, tmp_path, monkeypatch):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-from train import sample_data
+from train import sample_data, tiny_model
 from train.tiny_model import ensure_tiny_phi3
 
 
@@ -36,6 +36,28 @@ def test_chat_template_renders_phi3_turns_and_stops_at_end(tiny_cache):
     # Special tokens are single ids, never split by BPE.
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert ids.count(tokenizer.convert_tokens_to_ids("<|end|>")) >= 3
+
+
+def test_special_tokens_and_stop_ids_are_phi35s(tiny_cache):
+    """microsoft/Phi-3.5-mini-instruct: <|end|> closes a turn, <|endoftext|> is EOS (and pad);
+    generation stops at [<|end|>, <|assistant|>, <|endoftext|>]; the embedding has spare rows."""
+    path = ensure_tiny_phi3(tiny_cache)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    roles = (tokenizer.bos_token, tokenizer.eos_token, tokenizer.unk_token, tokenizer.pad_token)
+    assert roles == ("<s>", "<|endoftext|>", "<unk>", "<|endoftext|>")
+    stops = GenerationConfig.from_pretrained(path).eos_token_id
+    assert tokenizer.convert_ids_to_tokens(stops) == ["<|end|>", "<|assistant|>", "<|endoftext|>"]
+    assert AutoConfig.from_pretrained(path).vocab_size > len(tokenizer)
+
+
+def test_cache_key_covers_token_roles_and_stop_ids(monkeypatch):
+    """An older tiny model (EOS <|end|>, no <s>) is never picked up from the cache as this one."""
+    key = tiny_model._fingerprint()
+    monkeypatch.setattr(tiny_model, "ROLES", {**tiny_model.ROLES, "eos_token": "<|end|>"})
+    assert tiny_model._fingerprint() != key
+    monkeypatch.undo()
+    monkeypatch.setattr(tiny_model, "STOP_TOKENS", ["<|end|>"])
+    assert tiny_model._fingerprint() != key
 
 
 def test_committed_sample_data_matches_its_generator():

@@ -1,0 +1,166 @@
+"""Tiny random chat models of other families, built offline with their real chat templates.
+
+Each family is its transformers classes, its special tokens in the roles its hub tokenizer gives
+them, its real chat template, the stop ids of its hub generation_config.json (by token: the tiny
+vocabulary numbers them differently) and embedding rows like the real model's: spare ones past the
+tokenizer (Qwen2.5: 151,665 tokens, 151,936 rows; Phi-4-mini: 200,029 / 200,064) or none
+(Llama 3.2: 128,256 / 128,256). The tokenizer is the tiny default's byte-level BPE
+(`train.tiny_model.build_tokenizer`) with the family's tokens. Where the templates come from:
+- Qwen2.5 (ChatML) and Llama 3.2: TRL's copies of the originals, trl/chat_templates/qwen2_5.jinja
+  and llama3_2.jinja (its README: "Original ... chat template"). TRL ships a training variant of
+  Qwen2.5's, not of Llama 3.2's, which is masked by rendering.
+- Phi-4-mini: microsoft/Phi-4-mini-instruct's tokenizer_config.json `chat_template`, as quoted
+  verbatim by onnxruntime-genai's C API test ("From HuggingFace Python output for
+  'microsoft/Phi-4-mini-instruct'") and gorilla's BFCL Phi handler; TRL has none.
+- Phi-3-mini's real vocabulary (`phi3_gguf`): ../shared/models/phi3-vocab, llama.cpp's
+  vocabulary-only GGUF, with its own template (an early Phi-3-mini revision: no system role) and
+  its own eos/pad (32000 <|endoftext|>), so its generation config stops only there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.paths import PROJECT_ROOT
+
+PHI3_VOCAB = PROJECT_ROOT.parent / "shared" / "models" / "phi3-vocab"
+PHI4_MINI_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' and 'tools' in message and "
+    "message['tools'] is not none %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|tool|>' + "
+    "message['tools'] + '<|/tool|>' + '<|end|>' }}{% else %}{{ '<|' + message['role'] + '|>' + "
+    "message['content'] + '<|end|>' }}{% endif %}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|assistant|>' }}{% else %}{{ eos_token }}{% endif %}"
+)
+SHAPE = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+}
+
+
+def trl_template(name: str) -> str:
+    from train.model import trl_chat_templates_dir
+
+    return (trl_chat_templates_dir() / f"{name}.jinja").read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class Family:
+    architecture: str  # transformers' Config / ForCausalLM prefix
+    special_tokens: list[str]
+    roles: dict[str, str]
+    stop_tokens: list[str]
+    template: str  # a TRL template name, or the text
+    spare_rows: int
+    config: dict = field(default_factory=dict)
+
+
+FAMILIES = {
+    # Qwen/Qwen2.5-*-Instruct: eos <|im_end|>, pad <|endoftext|>, no bos; generation_config eos
+    # [151645 <|im_end|>, 151643 <|endoftext|>]; 0.5B ties its embeddings.
+    "qwen2_5": Family(
+        "Qwen2",
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+        ["<|im_end|>", "<|endoftext|>"],
+        "qwen2_5",
+        27,
+        {"tie_word_embeddings": True},
+    ),
+    # meta-llama/Llama-3.2-1B-Instruct: bos <|begin_of_text|>, eos <|eot_id|>, no pad or unk;
+    # generation_config eos [128001 <|end_of_text|>, 128008 <|eom_id|>, 128009 <|eot_id|>].
+    "llama3_2": Family(
+        "Llama",
+        [
+            "<|begin_of_text|>",
+            "<|end_of_text|>",
+            "<|reserved_special_token_0|>",
+            "<|finetune_right_pad_id|>",
+            "<|start_header_id|>",
+            "<|end_header_id|>",
+            "<|eom_id|>",
+            "<|eot_id|>",
+            "<|python_tag|>",
+        ],
+        {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"},
+        ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"],
+        "llama3_2",
+        0,
+        {"tie_word_embeddings": True},
+    ),
+    # microsoft/Phi-4-mini-instruct: bos/eos/pad/unk <|endoftext|>; generation_config eos
+    # [200020 <|end|>, 199999 <|endoftext|>]; model_type phi3 with partial rotary and tied embeddings.
+    "phi4_mini": Family(
+        "Phi3",
+        ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|tool|>", "<|/tool|>"],
+        {k: "<|endoftext|>" for k in ("bos_token", "eos_token", "pad_token", "unk_token")},
+        ["<|end|>", "<|endoftext|>"],
+        PHI4_MINI_TEMPLATE,
+        35,
+        {"partial_rotary_factor": 0.75, "tie_word_embeddings": True},
+    ),
+}
+
+
+def build_family(name: str, out_dir: Path) -> Path:
+    """A tiny random model of family `name` (FAMILIES), saved as a hub-style directory."""
+    import transformers
+
+    from train.tiny_model import build_tokenizer
+
+    family = FAMILIES[name]
+    template = trl_template(family.template) if "{" not in family.template else family.template
+    tokenizer = build_tokenizer(
+        special_tokens=family.special_tokens, roles=family.roles, chat_template=template
+    )
+    config = getattr(transformers, f"{family.architecture}Config")(
+        **SHAPE,
+        vocab_size=len(tokenizer) + family.spare_rows,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **family.config,
+    )
+    stops = tokenizer.convert_tokens_to_ids(family.stop_tokens)
+    return _save(
+        getattr(transformers, f"{family.architecture}ForCausalLM"), config, tokenizer, stops, out_dir
+    )
+
+
+def build_phi3_gguf(out_dir: Path) -> Path:
+    """A tiny random Phi3ForCausalLM with Phi-3-mini's real tokenizer (32,064 entries, every embedding
+    row used) and the GGUF's template and eos; loading the GGUF needs the `gguf` package."""
+    from transformers import AutoTokenizer, Phi3Config, Phi3ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(PHI3_VOCAB, gguf_file="ggml-vocab-phi-3.gguf")
+    config = Phi3Config(
+        **SHAPE,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    return _save(Phi3ForCausalLM, config, tokenizer, [tokenizer.eos_token_id], out_dir)
+
+
+def _save(model_class, config, tokenizer, stop_ids: list[int], out_dir: Path) -> Path:
+    import torch
+    from transformers import GenerationConfig
+
+    torch.manual_seed(0)
+    model = model_class(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id,
+        eos_token_id=stop_ids,
+        pad_token_id=config.pad_token_id,
+        max_new_tokens=32,
+        do_sample=False,
+    )
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
