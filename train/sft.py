@@ -19,6 +19,11 @@ def sft_args(cfg: DictConfig) -> SFTConfig:
         # Training runs on the CPU anyway; saying so makes accelerate pick gloo when torchrun starts
         # several processes (without it, each process would train alone as rank 0).
         kwargs["use_cpu"] = True
+    # The prepared data carry their labels (train.prepare masks the prompts when
+    # sft.assistant_only_loss is on, for any chat template), and TRL trains on a dataset's labels
+    # as they are. Told the option, TRL would look up a training template of its own again and
+    # refuse every template it does not ship.
+    kwargs["assistant_only_loss"] = False
     return SFTConfig(
         output_dir=str(Path(cfg.paths.output_dir) / "checkpoints"),
         report_to="none",  # MLflow: train.tracking's callback and the recipe's stages

@@ -112,15 +112,17 @@ def test_batched_tokenization_equals_trl_own_preparation(compose_train, tmp_path
     from datasets import Dataset
 
     raw = Dataset.from_list([{"messages": with_system_turn(r["messages"])} for r in rows])
+    args = sft_args(cfg)
+    args.assistant_only_loss = assistant_only_loss  # TRL's own masking (the recipe hands it labels)
     trainer = SFTTrainer(
         model=model.load_model(cfg.model, cfg.peft, tokenizer),
-        args=sft_args(cfg),
+        args=args,
         train_dataset=raw,
         processing_class=tokenizer,
     )
-    assert [e["input_ids"] for e in ours] == trainer.train_dataset["input_ids"]
-    assert [e["labels"] for e in ours] == trainer.train_dataset["labels"]
-    masked = sum(label == IGNORE_INDEX for e in ours for label in e["labels"])
+    assert [e.input_ids for e in ours] == trainer.train_dataset["input_ids"]
+    assert [e.labels for e in ours] == trainer.train_dataset["labels"]
+    masked = sum(label == IGNORE_INDEX for e in ours for label in e.labels)
     assert (masked > 0) == assistant_only_loss
 
 

@@ -159,3 +159,16 @@ _CONVERTERS = {
     DataFormat.alpaca: _from_alpaca,
     DataFormat.prompt_completion: _from_prompt_completion,
 }
+
+
+def merge_system_into_first_user(messages: Messages) -> Messages:
+    """A leading system message's text in front of the first user message, a blank line apart: what
+    users of chat templates without a system role (early Phi-3-mini) do, instead of losing it."""
+    if messages[0]["role"] != "system":
+        return messages
+    rest = messages[1:]
+    first_user = next((i for i, m in enumerate(rest) if m["role"] == "user"), None)
+    if first_user is None:
+        return messages
+    merged = {**rest[first_user], "content": f"{messages[0]['content']}\n\n{rest[first_user]['content']}"}
+    return [*rest[:first_user], merged, *rest[first_user + 1 :]]

@@ -30,8 +30,9 @@ import pyarrow.parquet as pq
 
 from train.config import DataFormat, LengthPolicy, OnError
 from train.prepare.formats import Messages, RowError, detect_format, to_messages
+from train.prepare.formats import merge_system_into_first_user as merge_system
 from train.prepare.sources import DataError, OpenedSource, Source
-from train.prepare.tokens import IGNORE_INDEX, ChatTokenizer
+from train.prepare.tokens import IGNORE_INDEX, ChatTokenizer, Encoded
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,13 @@ class Item:
 
     origin: dict
     messages: Messages
-    encoded: dict | None = None
+    encoded: Encoded | None = None
+
+    @property
+    def location(self) -> str:
+        """`FILE line N` (or `record N`), as in error messages."""
+        unit, number = next((k, v) for k, v in self.origin.items() if k != "source")
+        return f"{self.origin['source']} {unit} {number}"
 
 
 def _opened(source: str | Path | Source | OpenedSource) -> OpenedSource:
@@ -86,6 +93,7 @@ def prepare(
     eval_source: str | Path | Source | OpenedSource | None = None,
     seed: int = 0,
     dedupe: bool = False,
+    merge_system_into_first_user: bool = False,
     tokenizer: ChatTokenizer | None = None,
     max_length: int | None = None,
     length_policy: LengthPolicy | str = LengthPolicy.truncate,
@@ -96,8 +104,10 @@ def prepare(
     source is the test split and nothing is split off `source`; otherwise a `test_size`
     fraction (at least one row when there are two or more) is chosen at random from `seed`.
     `dedupe` drops exact repeats of a conversation, keeping the first; a train row that repeats
-    a test row is dropped too. With a `tokenizer`, rows are tokenized as the trainer will see
-    them and, with `max_length`, longer ones are truncated or dropped per `length_policy`.
+    a test row is dropped too. `merge_system_into_first_user` moves a leading system message's
+    text into the first user message. With a `tokenizer`, rows are tokenized as the trainer will
+    see them and checked (every turn rendered, every reply trains its end of turn), and with
+    `max_length` longer ones are truncated or dropped per `length_policy`.
     Raises DataError for a bad row (when on_error="fail"), an empty source, or a source with
     nothing left to train on.
     """
@@ -114,6 +124,9 @@ def prepare(
     if eval_source is not None:
         sources.append((_opened(eval_source), "test"))
     items = {name: _validate(src, format, on_error, stats, rejects) for src, name in sources}
+    if merge_system_into_first_user:
+        for item in items["train"] + items.get("test", []):
+            item.messages = merge_system(item.messages)
     train, test = items["train"], items.get("test", [])
     for src, name in sources:
         if not items[name]:
@@ -130,11 +143,12 @@ def prepare(
             raise DataError(
                 f"{sources[0][0].label}: every row repeats an eval_source row; nothing is left to train on"
             )
-    deduped = len(train) + len(test)
+    stats.duplicates_removed = stats.rows_read - stats.rejected - len(train) - len(test)
 
     if tokenizer is not None:
-        train = _tokenize(train, tokenizer, max_length, length_policy, stats, rejects)
-        test = _tokenize(test, tokenizer, max_length, length_policy, stats, rejects)
+        tokenize = (tokenizer, max_length, length_policy, on_error, stats, rejects)
+        train = _tokenize(train, *tokenize)
+        test = _tokenize(test, *tokenize)
         if not train or (eval_source is not None and not test):
             _write_jsonl(out / "rejects.jsonl", rejects)
             raise DataError(
@@ -146,7 +160,6 @@ def prepare(
 
     stats.train, stats.test = len(train), len(test)
     stats.kept = stats.train + stats.test
-    stats.duplicates_removed = stats.rows_read - stats.rejected - deduped
     stats.turns = sum(len(item.messages) for item in train + test)
     _write_jsonl(out / "rejects.jsonl", rejects)
     for name, part in (("train", train), ("test", test)):
@@ -205,28 +218,36 @@ def _tokenize(
     tokenizer: ChatTokenizer,
     max_length: int | None,
     policy: LengthPolicy,
+    on_error: OnError,
     stats: PrepareStats,
     rejects: list[dict],
 ) -> list[Item]:
-    """Attach ids and labels; conversations over `max_length` are shortened or dropped per `policy`."""
+    """Attach ids and labels; conversations over `max_length` are shortened or dropped per `policy`.
+    A row the template cannot train as it should (a turn lost, nothing trained, a reply whose end of
+    turn is not trained) is a bad row: it fails or is rejected per `on_error`."""
     stats.max_length, stats.length_policy = max_length, policy if max_length else None
     for item, encoded in zip(items, tokenizer.encode([item.messages for item in items])):
         item.encoded = encoded
-    if not max_length:
-        return items
     kept = []
     for item in items:
-        length = len(item.encoded["input_ids"])
-        if length <= max_length:
-            kept.append(item)
+        fitted = item
+        length = len(item.encoded.input_ids)
+        if not item.encoded.problem and max_length and length > max_length:
+            stats.over_max_length += 1
+            fitted, reason = _fit(item, tokenizer, max_length, policy, stats)
+            if fitted is None:
+                stats.dropped_too_long += 1
+                rejects.append(
+                    {**item.origin, "reason": f"{length} tokens > max_length {max_length}: {reason}"}
+                )
+                continue
+        if problem := item.encoded.problem:
+            if on_error == OnError.fail:
+                raise DataError(f"{item.location}: {problem}")
+            stats.rejected += 1
+            rejects.append({**item.origin, "reason": problem, "raw": {"messages": item.messages}})
             continue
-        stats.over_max_length += 1
-        fitted, reason = _fit(item, tokenizer, max_length, policy, stats)
-        if fitted is not None:
-            kept.append(fitted)
-        else:
-            stats.dropped_too_long += 1
-            rejects.append({**item.origin, "reason": f"{length} tokens > max_length {max_length}: {reason}"})
+        kept.append(fitted)
     return kept
 
 
@@ -242,7 +263,7 @@ def _fit(
     ends = [i + 1 for i, m in enumerate(messages) if m["role"] == "assistant"]
     for end in reversed([e for e in ends if e < len(messages)]):
         encoded = tokenizer.encode([messages[:end]])[0]
-        if len(encoded["input_ids"]) <= max_length:
+        if len(encoded.input_ids) <= max_length:
             stats.truncated_turns += 1
             return Item(item.origin, messages[:end], encoded), ""
     # Even the first exchange is too long: keep its first max_length tokens (what the trainer's
@@ -250,10 +271,10 @@ def _fit(
     prompt = tokenizer.prompt_length(messages)
     if prompt >= max_length:
         return None, f"the prompt alone is {prompt} tokens, so no reply token would be trained"
-    first = Item(item.origin, messages[: ends[0]], tokenizer.encode([messages[: ends[0]]])[0])
-    first.encoded = {k: v[:max_length] for k, v in first.encoded.items()}
+    encoded = tokenizer.encode([messages[: ends[0]]])[0]
+    cut = Encoded(encoded.input_ids[:max_length], encoded.labels[:max_length], encoded.problem)
     stats.cut_at_max_length += 1
-    return first, ""
+    return Item(item.origin, messages[: ends[0]], cut), ""
 
 
 def split(items: list, test_size: float, seed: int) -> tuple[list, list]:
@@ -268,10 +289,10 @@ def split(items: list, test_size: float, seed: int) -> tuple[list, list]:
 
 def _token_stats(train: list[Item], test: list[Item]) -> dict[str, int]:
     def lengths(items: list[Item]) -> np.ndarray:
-        return np.array([len(item.encoded["input_ids"]) for item in items], dtype=np.int64)
+        return np.array([len(item.encoded.input_ids) for item in items], dtype=np.int64)
 
     both = lengths(train + test)
-    trained = sum(int((np.asarray(item.encoded["labels"]) != IGNORE_INDEX).sum()) for item in train)
+    trained = sum(int((np.asarray(item.encoded.labels) != IGNORE_INDEX).sum()) for item in train)
     return {
         "train": int(lengths(train).sum()),
         "test": int(lengths(test).sum()),
@@ -286,8 +307,8 @@ def _write_tokens(path: Path, items: list[Item]) -> None:
     ids_type = pa.list_(pa.int32())
     table = pa.table(
         {
-            "input_ids": pa.array([item.encoded["input_ids"] for item in items], type=ids_type),
-            "labels": pa.array([item.encoded["labels"] for item in items], type=ids_type),
+            "input_ids": pa.array([item.encoded.input_ids for item in items], type=ids_type),
+            "labels": pa.array([item.encoded.labels for item in items], type=ids_type),
         }
     )
     pq.write_table(table, path)

@@ -1,27 +1,47 @@
-"""Render and tokenize conversations in batches, with the labels TRL's SFTTrainer would build.
+"""Render and tokenize conversations in batches, with loss labels on the assistant replies.
 
-SFTTrainer renders and tokenizes one conversation at a time inside `Dataset.map`. Here whole
-batches go through `apply_chat_template` and the fast (Rust) tokenizer at once, and the result
-is what TRL would have built: the same template (with `assistant_only_loss`, TRL's training
-variant of the model's template, which adds `{% generation %}` markers), the same input ids, and
-labels that are -100 where TRL masks the loss. `tests/train/test_data.py` checks the equality
-against SFTTrainer's own preparation. The ids and labels are written next to the
-prepared JSON lines (see `train.prepare.pipeline`), so training does not tokenize again, and the
-preview shows exactly the tokens the trainer receives.
+Each conversation becomes its rendering through the chat template and the character spans of
+what is trained; one tokenization of the rendering gives the ids, and a token is trained when it
+lies in a span (transformers' own rule for `{% generation %}` blocks: from the token holding a
+span's first character to the token holding its last). The spans come from, in order:
+- the template's `{% generation %}` markers, when it has them;
+- TRL's training variant of the template (the original plus markers), when TRL ships one: the
+  ids and labels are then exactly those TRL's SFTTrainer builds (`tests/train/test_data.py`);
+- otherwise, rendering: reply k starts where the prompt before it, rendered with the generation
+  prompt (what inference sees), ends, and ends where the conversation cut after reply k stops
+  agreeing with the whole one, so the end of turn is trained and the next turn's header is not.
+  A template that renders earlier turns differently once later ones follow cannot be masked so;
+  it is refused with the ways out.
+
+Every row is checked as well: each message shows up in the rendering (a template without a system
+role drops system text), and each reply trains the token the template ends it with, or the model
+never learns to stop. A failing row gets `Encoded.problem`, which the pipeline reports with its
+file and line. The ids and labels are written next to the prepared JSON lines (see
+`train.prepare.pipeline`), so training does not tokenize again and the preview shows exactly the
+tokens the trainer receives.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from common.generation import end_of_turn_id
+from train.errors import ConfigError
 from train.prepare.formats import Messages
 
 IGNORE_INDEX = -100  # the label that the loss skips (transformers' convention)
-BATCH_SIZE = 256  # conversations per apply_chat_template call: large enough to amortise the call
+BATCH_SIZE = 256  # conversations per render/tokenize call: large enough to amortise the call
+PROBE = [
+    {"role": "user", "content": "Which day comes after Monday?"},
+    {"role": "assistant", "content": "Tuesday"},
+    {"role": "user", "content": "And after that?"},
+    {"role": "assistant", "content": "Wednesday"},
+]
 
 
 def with_system_turn(messages: Messages) -> Messages:
@@ -32,6 +52,17 @@ def with_system_turn(messages: Messages) -> Messages:
 
 
 @dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    problem: str | None = None  # why the conversation cannot be trained as rendered (then no ids)
+
+
+class NotRenderedAsPrefix(ValueError):
+    """The template renders an earlier turn differently once later turns follow."""
+
+
+@dataclass(frozen=True)
 class ChatTokenizer:
     """A tokenizer plus the choices that decide what the trainer sees."""
 
@@ -39,22 +70,57 @@ class ChatTokenizer:
     assistant_only_loss: bool = True
     add_empty_system_turn: bool = True
 
+    @property
+    def name(self) -> str:
+        return self.tokenizer.name_or_path
+
     @cached_property  # TRL looks the template up by matching it; once per tokenizer is enough
-    def chat_template(self) -> str | None:
-        """The template TRL trains with: its training variant when masking needs one, else the model's."""
+    def training_template(self) -> str:
+        """The template the conversations are rendered with: TRL's training variant of the model's
+        template when masking needs markers and TRL ships one, else the model's own."""
         from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
-        if self.assistant_only_loss and not has_generation_markers(self.tokenizer.chat_template):
-            return get_training_chat_template(self.tokenizer)
-        return None  # the tokenizer's own
+        own = self.tokenizer.chat_template
+        if not self.assistant_only_loss or has_generation_markers(own):
+            return own
+        try:
+            return get_training_chat_template(self.tokenizer) or own
+        except ValueError:  # a template TRL does not know: masked by rendering
+            return own
+
+    @cached_property
+    def masks_by_rendering(self) -> bool:
+        from trl.chat_template_utils import has_generation_markers
+
+        return self.assistant_only_loss and not has_generation_markers(self.training_template)
+
+    @cached_property
+    def end_of_turn(self) -> int:
+        """The token each reply ends with; it must be trained (checked by load_tokenizer to exist)."""
+        token = end_of_turn_id(self.tokenizer)
+        if token is None:
+            raise ConfigError(f"{self.name}: its chat template writes no special token after a reply")
+        return token
+
+    def check_template(self) -> None:
+        """Refuse a template that cannot be masked, naming the model and the ways out."""
+        self.end_of_turn  # noqa: B018 - raises when no special token ends a reply
+        if self.masks_by_rendering:
+            try:
+                self._rendered_spans(PROBE)
+            except NotRenderedAsPrefix as e:
+                raise ConfigError(f"{self.name}: {e}: {self._ways_out()}") from None
 
     def fingerprint(self) -> str:
         """Changes whenever the ids or labels for the same conversation could change."""
+        self.check_template()
         tok = self.tokenizer
         parts = {
             "class": type(tok).__name__,
             "vocab": len(tok),
-            "template": self.chat_template or tok.chat_template,
+            "template": self.training_template,
+            # A template may render the date (Llama 3.2): then a new day prepares anew.
+            "probe": tok.apply_chat_template(PROBE, chat_template=self.training_template, tokenize=False),
             "special": tok.special_tokens_map,
             "backend": hashlib.sha256(tok.backend_tokenizer.to_str().encode()).hexdigest()
             if hasattr(tok, "backend_tokenizer")
@@ -64,39 +130,206 @@ class ChatTokenizer:
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
-    def encode(self, conversations: list[Messages], batch_size: int = BATCH_SIZE) -> list[dict]:
-        """`{"input_ids", "labels"}` per conversation, untruncated, in order."""
-        encoded: list[dict] = []
-        template = self.chat_template
+    def encode(self, conversations: list[Messages], batch_size: int = BATCH_SIZE) -> list[Encoded]:
+        """Ids and labels per conversation, untruncated, in order; a problem instead of ids for a
+        conversation the template loses a turn of, or does not teach where a reply ends."""
+        encoded: list[Encoded] = []
         for start in range(0, len(conversations), batch_size):
             batch = conversations[start : start + batch_size]
-            if self.add_empty_system_turn:
-                batch = [with_system_turn(m) for m in batch]
-            out = self.tokenizer.apply_chat_template(
-                batch,
-                chat_template=template,
-                tokenize=True,
-                return_dict=True,
-                return_assistant_tokens_mask=self.assistant_only_loss,
-            )
-            masks = out["assistant_masks"] if self.assistant_only_loss else None
-            for i, ids in enumerate(out["input_ids"]):
-                ids = list(ids)
-                labels = (
-                    [t if m else IGNORE_INDEX for t, m in zip(ids, masks[i])] if masks is not None else ids
-                )
-                encoded.append({"input_ids": ids, "labels": list(labels)})
+            rendered = self._render(batch)
+            texts = [text for text, _ in rendered if text is not None]
+            tokens = self.tokenizer(texts or [""], add_special_tokens=False, return_offsets_mapping=True)
+            row = 0
+            for messages, (text, spans_or_problem) in zip(batch, rendered):
+                if text is None:
+                    encoded.append(Encoded([], [], spans_or_problem))
+                    continue
+                encoded.append(self._labelled(messages, text, spans_or_problem, tokens, row))
+                row += 1
         return encoded
 
     def prompt_length(self, messages: Messages) -> int:
         """Tokens before the first assistant reply: they must fit for anything to be trained."""
         first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
-        prompt = with_system_turn(messages[:first]) if self.add_empty_system_turn else messages[:first]
-        out = self.tokenizer.apply_chat_template(
-            prompt,
-            chat_template=self.chat_template,
-            tokenize=True,
-            return_dict=True,
-            add_generation_prompt=True,
+        return len(self._render_one(messages[:first], generation_prompt=True, tokenize=True))
+
+    # -- rendering ---------------------------------------------------------------------------------
+
+    def _as_rendered(self, messages: Messages) -> Messages:
+        """The conversation as rendered (messages are named by their index in the row, without it)."""
+        return with_system_turn(messages) if self.add_empty_system_turn else messages
+
+    def _render_one(self, messages: Messages, generation_prompt: bool = False, tokenize: bool = False):
+        return self.tokenizer.apply_chat_template(
+            self._as_rendered(messages),
+            chat_template=self.training_template,
+            tokenize=tokenize,
+            add_generation_prompt=generation_prompt,
+            **({"return_dict": False} if tokenize else {}),
         )
-        return len(out["input_ids"])
+
+    def _render(self, batch: list[Messages]) -> list[tuple[str | None, Any]]:
+        """(text, trained character spans) per conversation, or (None, problem)."""
+        from jinja2 import TemplateError
+
+        if self.masks_by_rendering:
+            return [self._render_by_turns(messages) for messages in batch]
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        def render(conversations):  # what apply_chat_template renders, with the generation spans
+            texts, spans = render_jinja_template(
+                conversations=[self._as_rendered(m) for m in conversations],
+                chat_template=self.training_template,
+                return_assistant_tokens_mask=self.assistant_only_loss,
+                **self.tokenizer.special_tokens_map,
+            )
+            return list(zip(texts, spans if self.assistant_only_loss else [None] * len(texts)))
+
+        try:
+            return render(batch)
+        except TemplateError:  # the template refuses some conversation (raise_exception): which one
+            out = []
+            for messages in batch:
+                try:
+                    out += render([messages])
+                except TemplateError as e:
+                    out.append((None, f"the chat template of {self.name} refuses this conversation: {e}"))
+            return out
+
+    def _render_by_turns(self, messages: Messages) -> tuple[str | None, Any]:
+        from jinja2 import TemplateError
+
+        try:
+            return self._rendered_spans(messages)
+        except NotRenderedAsPrefix as e:
+            return None, f"{e}: {self._ways_out()}"
+        except TemplateError as e:
+            return None, f"the chat template of {self.name} refuses this conversation: {e}"
+
+    def _rendered_spans(self, messages: Messages) -> tuple[str, list[tuple[int, int]]]:
+        """The rendering and each reply's character span, from renderings of the conversation's
+        prefixes: a reply starts after the prompt before it, rendered with the generation prompt,
+        and ends where a rendering cut after it stops agreeing with the whole (the last reply:
+        the end of the text, so an end-of-conversation token such as Phi-3.5's EOS is trained)."""
+        full = self._render_one(messages)
+        spans = []
+        for k, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            if k == 0:
+                raise NotRenderedAsPrefix("a reply with no turn before it has no prompt to mask")
+            prompt = self._render_one(messages[:k], generation_prompt=True)
+            if not full.startswith(prompt):
+                at = _common_prefix(prompt, full)
+                raise NotRenderedAsPrefix(
+                    f"the prompt before messages[{k}] renders differently inside the whole conversation "
+                    f"({prompt[at : at + 30]!r} vs {full[at : at + 30]!r})"
+                )
+            if k == len(messages) - 1:
+                end = len(full)
+            else:
+                end = _common_prefix(self._render_one(messages[: k + 1]), full)
+            if message["content"].strip() not in full[len(prompt) : end]:
+                raise NotRenderedAsPrefix(
+                    f"messages[{k}] (a reply) is rendered differently once later turns follow"
+                )
+            spans.append((len(prompt), end))
+        return full, spans
+
+    def _ways_out(self) -> str:
+        return (
+            f"the chat template of {self.name} cannot be masked for assistant-only loss. Ways out: "
+            "sft.assistant_only_loss=false (train on whole conversations), or model.chat_template=<a "
+            ".jinja file, or a template TRL ships: phi3, phi3_5, qwen2_5, llama3, ...>"
+        )
+
+    # -- labels and per-row checks ---------------------------------------------------------------
+
+    def _labelled(self, messages: Messages, text: str, spans, tokens, row: int) -> Encoded:
+        ids, offsets = list(tokens["input_ids"][row]), tokens["offset_mapping"][row]
+        if spans is None:  # the whole sequence is trained
+            labels = list(ids)
+        else:
+            if self.masks_by_rendering:  # a common prefix may end inside the next turn's first token
+                ends = sorted({end for _, end in offsets})
+                spans = [(start, ends[max(bisect.bisect_right(ends, end) - 1, 0)]) for start, end in spans]
+            labels = _mask(ids, spans, lambda char: tokens.char_to_token(row, char))
+        problem = self._unrendered(messages, text)
+        if problem is None and spans is not None:
+            problem = self._stop_untrained(messages, text, spans, offsets, labels)
+        return Encoded(ids, labels, problem)
+
+    def _unrendered(self, messages: Messages, text: str) -> str | None:
+        """A message whose text the rendering lacks (searched in order; an empty one may render as
+        nothing, as Phi-3.5's template does with an empty system turn)."""
+        cursor = 0
+        for i, message in enumerate(messages):
+            content = message["content"].strip()
+            at = text.find(content, cursor) if content else cursor
+            if at < 0:
+                merge = message["role"] == "system" and i == 0
+                return (
+                    f"messages[{i}] ({message['role']}) does not appear in the rendering: the chat template "
+                    f"of {self.name} has no place for it, so it would be lost. Set "
+                    + (
+                        "data.merge_system_into_first_user=true to put its text before the first user message, or "
+                        if merge
+                        else ""
+                    )
+                    + "model.chat_template=<a .jinja file or a TRL template name> for a template that renders it"
+                )
+            cursor = at + len(content)
+        return None
+
+    def _stop_untrained(self, messages: Messages, text: str, spans, offsets, labels) -> str | None:
+        """Each reply must train the end-of-turn token, or the model never learns to stop (and a row
+        cut at max_length keeps at least one trained token: the length policy sees to that)."""
+        if all(label == IGNORE_INDEX for label in labels):
+            return f"no token of it is trained (the loss mask covers none of its replies): {self._ways_out()}"
+        replies = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
+        # A last reply's closing token (Phi-3.5's EOS) is a span of its own in TRL's templates: spans
+        # that only whitespace separates are one reply's.
+        joined: list[list[int]] = []
+        for start, end in spans:
+            if joined and not text[joined[-1][1] : start].strip():
+                joined[-1][1] = end
+            else:
+                joined.append([start, end])
+        if len(joined) != len(replies):
+            return f"{len(replies)} replies, but {len(joined)} trained spans: {self._ways_out()}"
+        eot = self.end_of_turn
+        trained_stops = [offsets[t][0] for t, label in enumerate(labels) if label == eot]
+        for k, (start, end) in zip(replies, joined):
+            if not any(start <= char < end for char in trained_stops):
+                token = self.tokenizer.convert_ids_to_tokens(eot)
+                return (
+                    f"the end-of-turn token {token!r} after messages[{k}] is not trained, so the model "
+                    f"would not learn to stop: {self._ways_out()}"
+                )
+        return None
+
+
+def _mask(ids: list[int], spans, char_to_token) -> list[int]:
+    """Labels: the ids from the token holding a span's first character to the one holding its last
+    (transformers' rule for {% generation %} spans), IGNORE_INDEX elsewhere."""
+    labels = [IGNORE_INDEX] * len(ids)
+    for start, end in spans:
+        first = char_to_token(start)
+        if first is None:  # past the text (transformers stops there too)
+            break
+        last = char_to_token(end - 1)
+        for t in range(first, len(ids) if last is None else last + 1):
+            labels[t] = ids[t]
+    return labels
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """Length of the longest common prefix (bisected: slices compare in C)."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[:middle] == b[:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
