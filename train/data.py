@@ -25,7 +25,7 @@ from train.prepare import ChatTokenizer, DataError, Source, prepare
 log = logging.getLogger(__name__)
 
 # Bump when the prepared files' layout or content rules change: old cache entries then miss.
-PREPARE_VERSION = 2  # 2: every turn rendered and every reply's end of turn trained, checked
+PREPARE_VERSION = 2  # 2: long messages clipped before tokenizing; turns and ends of turn checked
 MANIFEST = "manifest.json"  # written last: a folder without it is incomplete
 MARKER = ".finetune-phi-prepared"  # written first: this folder holds a preparation and nothing else
 MARKER_TEXT = "prepared by finetune-phi (train.prepare); safe to delete\n"

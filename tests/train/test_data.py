@@ -15,7 +15,7 @@ from train import model
 from train.data import load_splits, prepare_for
 from train.prepare import ChatTokenizer, DataError, preview
 from train.prepare.cli import prepare_and_report
-from train.prepare.tokens import IGNORE_INDEX, with_system_turn
+from train.prepare.tokens import IGNORE_INDEX, MARGIN_TOKENS, with_system_turn
 from train.recipe import sft_args
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -182,6 +182,37 @@ def test_truncate_keeps_whole_turns_that_fit_and_counts_everything(compose_train
     ]
     shortened = next(m for m in kept if m[0]["content"].startswith("turn 0"))
     assert 2 <= len(shortened) < 12 and shortened[-1]["role"] == "assistant"
+
+
+def test_a_huge_message_is_clipped_before_tokenizing_then_follows_the_length_policy(
+    compose_train, tmp_path, monkeypatch
+):
+    """A 2 MB reply costs what a long one does: no message longer than (max_length + margin) x the
+    longest token's characters reaches the tokenizer (it could not fit anyway), the row is cut at
+    max_length as the policy says, counted, and train.jsonl holds what was tokenized."""
+    huge = chat("Repeat after me:", "lantern " * 250_000)
+    src = write_jsonl(tmp_path / "chats.jsonl", [chat("fits"), huge, chat("fits too")])
+    cfg, tokenizer = local(compose_train, tmp_path, src, "sft.max_length=64", "data.test_size=0.3")
+    tokenized_lengths = []
+    encode = ChatTokenizer.encode
+
+    def spy(self, conversations, **kwargs):
+        tokenized_lengths.extend(len(m["content"]) for c in conversations for m in c)
+        return encode(self, conversations, **kwargs)
+
+    monkeypatch.setattr(ChatTokenizer, "encode", spy)
+    prepared = prepare_for(cfg, tokenizer)
+    bound = (64 + MARGIN_TOKENS) * ChatTokenizer(tokenizer).longest_token_chars
+    assert max(tokenized_lengths) == bound  # of the reply's 2,000,000 characters
+    s = prepared.stats
+    assert (s["clipped_rows"], s["cut_at_max_length"], s["kept"], s["tokens"]["max"]) == (1, 1, 3, 64)
+    written = [
+        m["content"]
+        for name in ("train.jsonl", "test.jsonl")
+        for line in (prepared.dir / name).read_text().splitlines()
+        for m in json.loads(line)["messages"]
+    ]
+    assert max(map(len, written)) == bound
 
 
 def test_drop_policy_drops_and_lists_every_long_conversation(compose_train, tmp_path):

@@ -511,6 +511,7 @@ def test_outputs_and_stats_file(tmp_path):
         "max_length": None,
         "length_policy": None,
         "over_max_length": 0,
+        "clipped_rows": 0,
         "truncated_turns": 0,
         "cut_at_max_length": 0,
         "dropped_too_long": 0,

@@ -32,7 +32,7 @@ from train.config import DataFormat, LengthPolicy, OnError
 from train.prepare.formats import Messages, RowError, detect_format, to_messages
 from train.prepare.formats import merge_system_into_first_user as merge_system
 from train.prepare.sources import DataError, OpenedSource, Source
-from train.prepare.tokens import IGNORE_INDEX, ChatTokenizer, Encoded
+from train.prepare.tokens import IGNORE_INDEX, MARGIN_TOKENS, ChatTokenizer, Encoded, clip_messages
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,9 @@ class PrepareStats:
     max_length: int | None = None
     length_policy: LengthPolicy | None = None
     over_max_length: int = 0  # conversations longer than max_length, before the policy
+    # A message over (max_length + 64) x the longest token's characters cannot fit: clipped there
+    # before tokenizing (the policy then applies as to any long row; train.jsonl holds the clipped text).
+    clipped_rows: int = 0
     truncated_turns: int = 0  # shortened to the longest run of whole turns that fits
     cut_at_max_length: int = 0  # first exchange alone too long: its tokens are cut at max_length
     dropped_too_long: int = 0  # listed in rejects.jsonl
@@ -226,6 +229,11 @@ def _tokenize(
     A row the template cannot train as it should (a turn lost, nothing trained, a reply whose end of
     turn is not trained) is a bad row: it fails or is rejected per `on_error`."""
     stats.max_length, stats.length_policy = max_length, policy if max_length else None
+    if max_length:  # bound the work per row before anything is rendered or tokenized
+        chars = (max_length + MARGIN_TOKENS) * tokenizer.longest_token_chars
+        for item in items:
+            item.messages, clipped = clip_messages(item.messages, chars)
+            stats.clipped_rows += clipped
     for item, encoded in zip(items, tokenizer.encode([item.messages for item in items])):
         item.encoded = encoded
     kept = []

@@ -36,6 +36,10 @@ from train.prepare.formats import Messages
 
 IGNORE_INDEX = -100  # the label that the loss skips (transformers' convention)
 BATCH_SIZE = 256  # conversations per render/tokenize call: large enough to amortise the call
+# A message longer than (max_length + MARGIN_TOKENS) tokens' worth of characters cannot fit whatever
+# the rest of the conversation; clipped there, its first max_length tokens stay as they were (the
+# margin absorbs merges across the cut), and a 50 MB row costs no more than a long one.
+MARGIN_TOKENS = 64
 PROBE = [
     {"role": "user", "content": "Which day comes after Monday?"},
     {"role": "assistant", "content": "Tuesday"},
@@ -49,6 +53,13 @@ def with_system_turn(messages: Messages) -> Messages:
     if messages and messages[0]["role"] != "system":
         return [{"role": "system", "content": ""}, *messages]
     return messages
+
+
+def clip_messages(messages: Messages, chars: int) -> tuple[Messages, bool]:
+    """The messages with each content cut at `chars` characters, and whether any was cut."""
+    if all(len(m["content"]) <= chars for m in messages):
+        return messages, False
+    return [{**m, "content": m["content"][:chars]} for m in messages], True
 
 
 @dataclass(frozen=True)
@@ -101,6 +112,12 @@ class ChatTokenizer:
         if token is None:
             raise ConfigError(f"{self.name}: its chat template writes no special token after a reply")
         return token
+
+    @cached_property
+    def longest_token_chars(self) -> int:
+        """An upper bound on the characters one token stands for: the longest vocabulary entry as
+        spelled (a byte-level entry has a character per byte, more than it decodes to)."""
+        return max(map(len, self.tokenizer.get_vocab()))
 
     def check_template(self) -> None:
         """Refuse a template that cannot be masked, naming the model and the ways out."""
