@@ -3,7 +3,7 @@
 Eval loss says the model fits held-out text; this says what a user sees. Each held-out
 conversation is cut before its last assistant turn, answered greedily through the chat
 template by the serving code's own generator (`common.generation`), and compared with the
-reference answer.
+reference answer; whether each answer ended on a stop token says whether the model learnt to stop.
 """
 
 from __future__ import annotations
@@ -20,28 +20,33 @@ def split_for_generation(messages: list[dict]) -> tuple[list[dict], str] | None:
 
 
 def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int = 16):
-    """Greedy answers to chat prompts, rendered and generated as the endpoint does it."""
+    """Greedy answers to chat prompts, rendered and generated as the endpoint does it: per prompt
+    `text`, `finish_reason` (stop: it ended on a stop token; length: max_new_tokens cut it) and `usage`."""
     generator = Generator(model, tokenizer)
     generate = {"max_new_tokens": max_new_tokens, "do_sample": False}
     answers: list[dict] = []
     for start in range(0, len(prompts), batch_size):
         answers += generator.answer_batch(prompts[start : start + batch_size], generate, stop=[])
-    return [a["text"] for a in answers]
+    return answers
 
 
 def exact_match_eval(model, tokenizer, conversations, n: int, max_new_tokens: int):
-    """Exact match of greedy answers on the first `n` held-out conversations.
+    """Exact match of greedy answers on the first `n` held-out conversations, and the share of
+    answers that end on a stop token rather than at max_new_tokens (a model that has not learnt
+    to stop runs on to the limit).
 
-    Returns (score in [0, 1], rows of prompt/reference/answer for an MLflow table).
+    Returns ({"exact_match": ..., "stop_rate": ...} in [0, 1], rows of prompt/reference/answer/
+    finish_reason for an MLflow table).
     """
     pairs = [p for p in (split_for_generation(c) for c in conversations[:n]) if p]
     if not pairs:
-        return 0.0, []
+        return {"exact_match": 0.0, "stop_rate": 0.0}, []
     prompts, references = zip(*pairs)
     answers = generate_answers(model, tokenizer, list(prompts), max_new_tokens)
     rows = [
-        {"prompt": p[-1]["content"], "reference": r, "answer": a}
+        {"prompt": p[-1]["content"], "reference": r, "answer": a["text"], "finish_reason": a["finish_reason"]}
         for p, r, a in zip(prompts, references, answers)
     ]
-    score = sum(r["answer"] == r["reference"].strip() for r in rows) / len(rows)
-    return score, rows
+    exact = sum(r["answer"] == r["reference"].strip() for r in rows) / len(rows)
+    stopped = sum(r["finish_reason"] == "stop" for r in rows) / len(rows)
+    return {"exact_match": exact, "stop_rate": stopped}, rows

@@ -157,17 +157,17 @@ def track(cfg: DictConfig, setup: Setup) -> Iterator[mlflow.ActiveRun]:
 
 
 def answer_held_out(cfg: DictConfig, setup: Setup, when: str) -> tuple[dict[str, float], list[dict]]:
-    """Exact match of greedy answers to the first `eval.generate_samples` held-out prompts, and
-    the answers. Rank 0 alone generates, so with sharded weights (which would need every rank)
+    """Exact match of greedy answers to the first `eval.generate_samples` held-out prompts, the
+    share of them that end on a stop token (stop_rate), and the answers. Rank 0 alone generates, so with sharded weights (which would need every rank)
     this is skipped."""
     n = 0 if setup.sharded else cfg.eval.generate_samples
     if not n:
         return {}, []
     log.info("answering %d held-out prompts %s training", n, when)
-    score, answers = evaluate.exact_match_eval(
+    scores, answers = evaluate.exact_match_eval(
         setup.trainer.model, setup.tokenizer, setup.splits["test"]["messages"], n, cfg.eval.max_new_tokens
     )
-    return {f"exact_match_{when}": score}, answers
+    return {f"{name}_{when}": value for name, value in scores.items()}, answers
 
 
 def train(cfg: DictConfig, setup: Setup) -> dict[str, float]:
@@ -199,7 +199,8 @@ def log_results(setup: Setup, metrics: dict[str, float], answers: list[dict]) ->
     """The final metrics, the held-out answers as a table and the loss curve."""
     if answers:
         tracking.log_table(  # mlflow.log_table fails on Azure ML's tracking server: see there
-            {k: [a[k] for a in answers] for k in ("prompt", "reference", "answer")}, "eval/answers.json"
+            {k: [a[k] for a in answers] for k in ("prompt", "reference", "answer", "finish_reason")},
+            "eval/answers.json",
         )
     mlflow.log_metrics(metrics)
     curve = tracking.log_loss_curve(setup.trainer.state.log_history, setup.output_dir / "loss_curve.png")
@@ -341,6 +342,10 @@ def print_summary(summary: dict) -> None:
     if "exact_match_after" in m:
         lines.append(
             f"  held-out exact match  {m['exact_match_before']:.0%} before -> {m['exact_match_after']:.0%} after"
+        )
+        lines.append(
+            f"  answers that stop     {m['stop_rate_before']:.0%} before -> {m['stop_rate_after']:.0%} after"
+            " (end on a stop token, not at eval.max_new_tokens)"
         )
     lines += [
         f"  MLflow run     {summary['mlflow_run_id']}",

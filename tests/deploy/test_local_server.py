@@ -50,7 +50,7 @@ def trained_answer(registered):
 
     model = AutoModelForCausalLM.from_pretrained(registered.model_dir)
     tokenizer = training_tokenizer(registered.model_dir)
-    return lambda messages, n: generate_answers(model, tokenizer, [messages], max_new_tokens=n)[0]
+    return lambda messages, n: generate_answers(model, tokenizer, [messages], max_new_tokens=n)[0]["text"]
 
 
 def test_health_routes_answer_without_a_key(server):

@@ -98,6 +98,17 @@ def test_registered_model_answers_as_the_recipe_s_own_evaluation_did(trained):
     assert choice["finish_reason"] == "stop"  # it ends its turn itself: the pad token is not a stop token
 
 
+def test_answers_learn_to_stop(trained):
+    """The share of held-out answers ending on a stop token, not at eval.max_new_tokens: logged and
+    printed before and after training."""
+    cfg, metrics, client = trained
+    assert 0 <= metrics["stop_rate_before"] < metrics["stop_rate_after"]
+    (run,) = client.search_runs([client.get_experiment_by_name(cfg.logger.experiment_name).experiment_id])
+    assert run.data.metrics["stop_rate_after"] == metrics["stop_rate_after"]
+    summary = json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
+    assert summary["metrics"]["stop_rate_after"] == metrics["stop_rate_after"]
+
+
 def test_pad_token_is_no_stop_token_and_fits_a_spare_embedding_row(trained):
     from transformers import GenerationConfig
 
