@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from common.generation import end_of_turn_id
 from common.payloads import generation_kwargs
 from deploy.scoring.score import ChatModel
 
@@ -139,32 +140,30 @@ def check(chat_model: ChatModel, training: dict | None) -> list[str]:
                 _diff(f"probe {i}: MLflow pyfunc rendering vs serving", via_mlflow, served, tokenizer)
             )
 
-    # Where an answer ends: the first special token after an assistant turn in training data.
+    # Where an answer ends: the token training's template closes an assistant turn with.
     messages = PROBE_CONVERSATIONS[0]
     template = training["chat_template"] if training else None
     full = tokenizer.apply_chat_template(
         [*messages, {"role": "assistant", "content": "parity"}], chat_template=template, return_dict=True
     )["input_ids"]
     prompt = chat_model.prompt_ids(messages)
+    end = end_of_turn_id(tokenizer, template)
     if full[: len(prompt)] != prompt:
         problems.append(
             _diff("a training sequence does not start with the serving prompt", full, prompt, tokenizer)
         )
+    elif end is None:
+        problems.append(
+            "training sequences end assistant turns with no special token: generation cannot stop"
+        )
+    elif end not in chat_model.eos_token_ids:
+        problems.append(
+            f"training ends assistant turns with {tokenizer.convert_ids_to_tokens(end)!r} (id {end}) "
+            f"but generation stops at ids {chat_model.eos_token_ids}: answers would run on; set the model's "
+            "generation_config.eos_token_id before logging it"
+        )
     else:
-        special = set(tokenizer.all_special_ids)
-        ends = [t for t in full[len(prompt) :] if t in special]
-        if not ends:
-            problems.append(
-                "training sequences end assistant turns with no special token: generation cannot stop"
-            )
-        elif ends[0] not in chat_model.eos_token_ids:
-            problems.append(
-                f"training ends assistant turns with {tokenizer.convert_ids_to_tokens(ends[0])!r} (id {ends[0]}) "
-                f"but generation stops at ids {chat_model.eos_token_ids}: answers would run on; set the model's "
-                "generation_config.eos_token_id before logging it"
-            )
-        else:
-            notes.append(f"answers stop at {tokenizer.convert_ids_to_tokens(ends[0])!r}, as in training")
+        notes.append(f"answers stop at {tokenizer.convert_ids_to_tokens(end)!r}, as in training")
 
     for params, expected in PROBE_PARAMS:
         mapped, _ = generation_kwargs(params)
