@@ -110,7 +110,7 @@ def build_family(name: str, out_dir: Path) -> Path:
     """A tiny random model of family `name` (FAMILIES), saved as a hub-style directory."""
     import transformers
 
-    from train.tiny_model import build_tokenizer
+    from train.tiny_model import build_tokenizer, save_random_model
 
     family = FAMILIES[name]
     template = trl_template(family.template) if "{" not in family.template else family.template
@@ -126,7 +126,7 @@ def build_family(name: str, out_dir: Path) -> Path:
         **family.config,
     )
     stops = tokenizer.convert_tokens_to_ids(family.stop_tokens)
-    return _save(
+    return save_random_model(
         getattr(transformers, f"{family.architecture}ForCausalLM"), config, tokenizer, stops, out_dir
     )
 
@@ -135,6 +135,8 @@ def build_phi3_gguf(out_dir: Path) -> Path:
     """A tiny random Phi3ForCausalLM with Phi-3-mini's real tokenizer (32,064 entries, every embedding
     row used) and the GGUF's template and eos; loading the GGUF needs the `gguf` package."""
     from transformers import AutoTokenizer, Phi3Config, Phi3ForCausalLM
+
+    from train.tiny_model import save_random_model
 
     tokenizer = AutoTokenizer.from_pretrained(PHI3_VOCAB, gguf_file="ggml-vocab-phi-3.gguf")
     config = Phi3Config(
@@ -145,22 +147,4 @@ def build_phi3_gguf(out_dir: Path) -> Path:
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
-    return _save(Phi3ForCausalLM, config, tokenizer, [tokenizer.eos_token_id], out_dir)
-
-
-def _save(model_class, config, tokenizer, stop_ids: list[int], out_dir: Path) -> Path:
-    import torch
-    from transformers import GenerationConfig
-
-    torch.manual_seed(0)
-    model = model_class(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=config.bos_token_id,
-        eos_token_id=stop_ids,
-        pad_token_id=config.pad_token_id,
-        max_new_tokens=32,
-        do_sample=False,
-    )
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir
+    return save_random_model(Phi3ForCausalLM, config, tokenizer, [tokenizer.eos_token_id], out_dir)

@@ -116,8 +116,7 @@ def build_tokenizer(
 
 def build_tiny_phi3(out_dir: Path) -> Path:
     """Write a tiny Phi-3 checkpoint (weights, config, tokenizer) to `out_dir`."""
-    import torch
-    from transformers import GenerationConfig, Phi3Config, Phi3ForCausalLM
+    from transformers import Phi3Config, Phi3ForCausalLM
 
     tokenizer = build_tokenizer()
     ids = tokenizer.convert_tokens_to_ids
@@ -128,11 +127,20 @@ def build_tiny_phi3(out_dir: Path) -> Path:
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
+    return save_random_model(Phi3ForCausalLM, config, tokenizer, ids(STOP_TOKENS), out_dir)
+
+
+def save_random_model(model_class, config, tokenizer, stop_ids: list[int], out_dir: Path) -> Path:
+    """`model_class(config)` with random weights (fixed seed) and greedy generation stopping at
+    `stop_ids`, saved with `tokenizer` as a hub-style model directory."""
+    import torch
+    from transformers import GenerationConfig
+
     torch.manual_seed(SEED)
-    model = Phi3ForCausalLM(config)
+    model = model_class(config)
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id,
-        eos_token_id=ids(STOP_TOKENS),
+        eos_token_id=stop_ids,
         pad_token_id=config.pad_token_id,
         max_new_tokens=32,
         do_sample=False,
