@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from common.generation import end_of_turn_id
+from common.generation import end_of_turn_id, longest_token_chars
 from train.errors import ConfigError
 from train.prepare.formats import Messages
 
@@ -115,9 +115,8 @@ class ChatTokenizer:
 
     @cached_property
     def longest_token_chars(self) -> int:
-        """An upper bound on the characters one token stands for: the longest vocabulary entry as
-        spelled (a byte-level entry has a character per byte, more than it decodes to)."""
-        return max(map(len, self.tokenizer.get_vocab()))
+        """An upper bound on the characters one token stands for (the serving side's bound too)."""
+        return longest_token_chars(self.tokenizer)
 
     def check_template(self) -> None:
         """Refuse a template that cannot be masked, naming the model and the ways out."""
