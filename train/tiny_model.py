@@ -63,12 +63,22 @@ MODEL_SHAPE = {
     "max_position_embeddings": 512,
 }
 SEED = 0
+BUILD = 2  # how weights are made; 2: spare embedding rows start at zero
 
 
 def _fingerprint() -> str:
     h = hashlib.sha256()
     h.update(TRAIN_FILE.read_bytes())
-    parts = [SPECIAL_TOKENS, ROLES, STOP_TOKENS, TOKENIZER_VOCAB, phi35_chat_template(), MODEL_SHAPE, SEED]
+    parts = [
+        SPECIAL_TOKENS,
+        ROLES,
+        STOP_TOKENS,
+        TOKENIZER_VOCAB,
+        phi35_chat_template(),
+        MODEL_SHAPE,
+        SEED,
+        BUILD,
+    ]
     h.update(json.dumps(parts).encode())
     return h.hexdigest()[:12]
 
@@ -132,12 +142,19 @@ def build_tiny_phi3(out_dir: Path) -> Path:
 
 def save_random_model(model_class, config, tokenizer, stop_ids: list[int], out_dir: Path) -> Path:
     """`model_class(config)` with random weights (fixed seed) and greedy generation stopping at
-    `stop_ids`, saved with `tokenizer` as a hub-style model directory."""
+    `stop_ids`, saved with `tokenizer` as a hub-style model directory.
+
+    Embedding rows past the tokenizer start at zero: they are no token and never a training
+    target, so a trained model does not produce them; random, they would fill an untrained
+    model's greedy answers with ids that decode to nothing."""
     import torch
     from transformers import GenerationConfig
 
     torch.manual_seed(SEED)
     model = model_class(config)
+    with torch.no_grad():
+        for embedding in (model.get_input_embeddings(), model.get_output_embeddings()):
+            embedding.weight[len(tokenizer) :] = 0
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id,
         eos_token_id=stop_ids,
