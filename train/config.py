@@ -187,8 +187,8 @@ class DataConfig:
     on_error: OnError = OnError.fail
     # Drop exact duplicate conversations (counted in stats.json).
     dedupe: bool = False
-    # Put a system message's text in front of the first user message (separated by a blank line):
-    # for chat templates without a system role, which would otherwise drop it (an error).
+    # Put a leading system message's text in front of the first user message (a blank line
+    # apart): for chat templates without a system role, which would otherwise drop it (an error).
     merge_system_into_first_user: bool = False
     # Conversations longer than max_length tokens: truncate (keep the whole turns that fit)
     # or drop. Both are counted in stats.json and listed in rejects.jsonl when dropped.

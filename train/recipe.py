@@ -158,8 +158,8 @@ def track(cfg: DictConfig, setup: Setup) -> Iterator[mlflow.ActiveRun]:
 
 def answer_held_out(cfg: DictConfig, setup: Setup, when: str) -> tuple[dict[str, float], list[dict]]:
     """Exact match of greedy answers to the first `eval.generate_samples` held-out prompts, the
-    share of them that end on a stop token (stop_rate), and the answers. Rank 0 alone generates, so with sharded weights (which would need every rank)
-    this is skipped."""
+    share of them that end on a stop token (stop_rate), and the answers. Rank 0 alone generates,
+    so with sharded weights (which would need every rank) this is skipped."""
     n = 0 if setup.sharded else cfg.eval.generate_samples
     if not n:
         return {}, []

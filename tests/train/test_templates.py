@@ -61,7 +61,8 @@ TRAINED = {
     "qwen2_5": ["\nTuesday<|im_end|>\n", "\nWednesday<|im_end|>\n"],
     "llama3_2": ["Tuesday<|eot_id|>", "Wednesday<|eot_id|>"],
     "phi4_mini": ["Tuesday<|end|>", "Wednesday<|end|><|endoftext|>"],
-    "phi3_gguf": ["Tuesday<|end|> ", "Wednesday<|end|> "],  # SentencePiece: "▁" of "\n" trained, as TRL
+    # SentencePiece writes "\n" as "▁" + <0x0A>, both on one character; the span rule trains the first.
+    "phi3_gguf": ["Tuesday<|end|> ", "Wednesday<|end|> "],
 }
 
 
@@ -98,8 +99,8 @@ def test_masks_by_rendering_equal_those_of_trls_training_variant(chat_family, fa
 def test_a_template_that_rerenders_earlier_turns_is_refused_with_the_ways_out(
     compose_train, tmp_path, chat_family
 ):
-    """Qwen3's original template drops the <think> block of replies before the last user turn; TRL
-    knows Qwen3's and ships a training variant, a copy of it it does not recognise is refused."""
+    """Qwen3's original template drops the <think> block of replies before the last user turn. TRL
+    ships a training variant for it; a copy TRL does not recognise is masked by rendering: refused."""
     template = tmp_path / "qwen3_copy.jinja"
     template.write_text("{#- not TRL's -#}\n" + trl_template("qwen3"), encoding="utf-8")
     qwen = chat_family("qwen2_5")
@@ -166,14 +167,14 @@ def test_a_row_that_would_not_teach_the_model_to_stop_is_named(
         "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}",
         encoding="utf-8",
     )
-    rows = [ROW["messages"][1:3]]
+    one_exchange = {"messages": ROW["messages"][1:3]}
     with pytest.raises(DataError, match=rf"chats\.jsonl line 1: {problem}"):
         prepared(
             compose_train,
             tmp_path,
             chat_family("phi3_5"),
             f"model.chat_template={template}",
-            rows=[{"messages": m} for m in rows],
+            rows=[one_exchange],
         )
 
 
