@@ -7,7 +7,8 @@ DIR/train.jsonl and DIR/test.jsonl in ultrachat's `messages` schema plus stats a
 - `sources`: local files (.jsonl/.json/.parquet/.csv, or a directory) and hub datasets, row by row
   with their locations;
 - `formats`: messages, ShareGPT, Alpaca, prompt/completion -> `messages`, with a reason per bad row;
-- `tokens`: batched chat-template rendering and tokenization, with TRL's loss mask;
+- `tokens`: batched chat-template rendering and tokenization, with the loss mask (TRL's where TRL
+  has one, by rendering otherwise) and the per-row checks that the model learns to stop;
 - `pipeline`: `prepare()`, which ties them together and writes the outputs;
 - `preview`: examples as the trainer sees them, trained tokens marked.
 """
