@@ -53,7 +53,7 @@ def test_mlflow_run_has_params_metrics_and_artifacts(trained):
     assert {"loss", "eval_loss", "learning_rate", "train_tokens_per_second"} <= set(logged.metrics)
     assert len(client.get_metric_history(run_id, "loss")) > 1  # a curve, not a point
     assert 10 < len(logged.params) <= 200  # Azure ML's limit
-    # Azure ML's other limits: 10 tags here, the reserve leaves logger.tags the rest of 50; 39 metric names.
+    # Azure ML's other limits: 10 tags here, the reserve leaves logger.tags the rest of 50; 41 metric names.
     assert len(logged.tags) < tracking.RESERVED_TAGS and len(logged.metrics) <= tracking.MAX_METRIC_NAMES
     assert logged.params["model.short_name"] == "tiny-phi3" and logged.params["sft.max_steps"] == "40"
     assert logged.tags["profile"] == "None"
