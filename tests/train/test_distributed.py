@@ -212,7 +212,7 @@ def test_fsdp2_shards_trains_like_ddp_and_its_gathered_model_registers(tmp_path)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     gathered = recipe._read_back(tmp_path / "final_model", cfg)
     with mlflow.start_run():
-        _, version = tracking.log_chat_model(
+        version = tracking.log_chat_model(
             gathered, AutoTokenizer.from_pretrained(tmp_path / "final_model"), cfg.logger, False, {}
         )
     registered = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
