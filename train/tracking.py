@@ -205,9 +205,12 @@ def log_table(data: dict[str, list], artifact_file: str) -> None:
 
 
 def log_prepared_data(prepared) -> None:
-    """Where the data came from and what preparation kept, dropped and counted (data/ artifacts)."""
+    """Where the data came from and what preparation kept, dropped and counted (data/ artifacts),
+    and the held-out conversations themselves (`data/test.jsonl`): `python -m deploy
+    action=evaluate|promote` answers them for any version this run registers."""
     mlflow.set_tag("data_dir", str(prepared.dir))
     mlflow.log_artifact(str(prepared.dir / "stats.json"), artifact_path="data")
+    mlflow.log_artifact(str(prepared.dir / "test.jsonl"), artifact_path="data")
     if prepared.stats["rejected"] or prepared.stats["dropped_too_long"]:
         mlflow.log_artifact(str(prepared.dir / "rejects.jsonl"), artifact_path="data")
     counts = (
