@@ -119,3 +119,15 @@ def compare(
             note = f"{'ok' if passed else 'FAIL'} ({change}; tolerance {tol:g})"
             verdicts.append(Verdict(metric, new, old, tol, passed, note))
     return Comparison(verdicts, candidate_label, baseline_label)
+
+
+def compare_evaluations(candidate, baseline, gate_cfg, missing_baseline: str) -> Comparison:
+    """`compare` of two deploy.evaluate.Evaluation (their metrics and labels) under the `gate` config."""
+    return compare(
+        candidate.metrics,
+        baseline.metrics if baseline else None,
+        gate_cfg.tolerance,
+        gate_cfg.tasks_tolerance,
+        candidate.label,
+        baseline.label if baseline else missing_baseline,
+    )
