@@ -164,16 +164,36 @@ def azure_client(cfg, credential=None):
     return ml_client(WorkspaceSettings.from_config(cfg.target.workspace), credential=credential)
 
 
+def deployment_gate(cfg, ref: registry.ModelRef):
+    """The blue/green gate with its conversations, read before anything is created (None: gate.azure=false)."""
+    from deploy.azureml import DeployError
+    from deploy.azureml_gate import DeploymentGate
+
+    if not cfg.gate.azure:
+        return None
+    run_id = training_run_id(ref)
+    try:
+        cases, source = evaluate.held_out_cases(cfg.eval, run_id, cfg.gate.azure_rows)
+    except evaluate.EvaluationError as e:
+        raise DeployError(
+            f"the blue/green gate has no conversations: {e} (or deploy ungated: gate.azure=false)"
+        ) from e
+    tags = evaluation_tags(cfg, ref, run_id, source)
+    return DeploymentGate(cases, cfg.eval, cfg.gate, evaluate.experiment_of(run_id), tags)
+
+
 def deploy_azureml(cfg, client, ref: registry.ModelRef) -> dict:
     from common.azure_environment import ensure_environment
     from deploy import azureml, environment
+
+    traffic_gate = deployment_gate(cfg, ref)
 
     if cfg.target.preflight.roles:
         for line in azureml.preflight_roles(client, cfg.target.endpoint):
             print(f"preflight: {line}", flush=True)
     context = environment.write_build_context(Path(tempfile.mkdtemp(prefix="finetune-phi-serve-env-")))
     env = ensure_environment(client, environment.environment_entity(cfg.target.environment, context))
-    result = azureml.deploy(cfg, client, ref, env, cfg.tracking_uri)
+    result = azureml.deploy(cfg, client, ref, env, cfg.tracking_uri, gate=traffic_gate)
     print(
         f"deployed {ref.uri} to {result['endpoint']}/{result['deployment']}; traffic "
         f"{result['traffic_before'] or '{}'} -> {result['traffic_after']}\n"

@@ -107,6 +107,8 @@ class GateSettings:
     alias: str = "champion"
     tolerance: dict[str, float | None] = field(default_factory=dict)
     tasks_tolerance: float | None = None
+    azure: bool = True
+    azure_rows: int = 32
 
 
 @dataclass
