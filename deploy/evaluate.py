@@ -14,10 +14,8 @@ requests to deployments instead (deploy/azureml_gate.py).
 
 Then the metrics (deploy/metrics.py), the optional judge (deploy/judge.py) and lm-eval tasks
 (deploy/lm_eval_tasks.py), logged as an MLflow run in the training run's experiment: tags
-naming the model version, the set as a dataset input linked to the version's logged model
-(whose page then lists the metrics), the metrics, and one row per conversation as a table
-(`eval/answers.json`, the Evaluation view of MLflow's UI). The version gets `eval.<metric>` and
-`eval.run_id` tags.
+naming the model version, the set as a dataset input, the metrics, and one row per conversation
+as a table (`eval/answers.json`). The version gets `eval.<metric>` and `eval.run_id` tags.
 """
 
 from __future__ import annotations
@@ -33,6 +31,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from common import mlflow_tables
 from common.generation import split_for_generation
 from common.payloads import (
     BadRequest,
@@ -97,9 +96,11 @@ def held_out_cases(eval_cfg, training_run_id: str | None, max_rows: int | None) 
         )
     where = f"runs:/{training_run_id}/{HELD_OUT_ARTIFACT}"
     try:
+        # From the run's artifact location, not runs:/ (which also searches MLflow 3's logged
+        # models: a 404 on Azure ML's tracking server).
+        run_artifacts = MlflowClient().get_run(training_run_id).info.artifact_uri
         local = mlflow.artifacts.download_artifacts(
-            run_id=training_run_id,
-            artifact_path=HELD_OUT_ARTIFACT,
+            artifact_uri=f"{run_artifacts.rstrip('/')}/{HELD_OUT_ARTIFACT}",
             dst_path=tempfile.mkdtemp(prefix="finetune-phi-eval-"),
         )
     except (MlflowException, OSError) as e:
@@ -212,15 +213,6 @@ def evaluate_in_process(chat_model, cases: list[Case], eval_cfg, label: str) -> 
 # ---------------------------------------------------------------- MLflow
 
 
-def logged_model_id(version) -> str | None:
-    """The version's LoggedModel id. MLflow 3.15's sqlite registry stores no model_id (None), but a
-    version that log_model registered has the source `models:/m-<id>`; Azure ML's has neither."""
-    if version.model_id:
-        return version.model_id
-    source = version.source or ""
-    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
-
-
 def experiment_of(run_id: str | None) -> str | None:
     """The experiment of the training run, where its evaluations are logged (None: not reachable)."""
     if run_id is None:
@@ -232,26 +224,25 @@ def experiment_of(run_id: str | None) -> str | None:
 
 
 def log_evaluation(evaluation: Evaluation, experiment_id: str, tags: dict[str, str], version=None) -> str:
-    """The evaluation as an MLflow run (tags, dataset, metrics, answers table); `version` (a registry
-    ModelVersion) is linked and tagged `eval.<metric>`, `eval.run_id`. Returns the run id."""
+    """The evaluation as an MLflow run (tags, the set as a dataset input, metrics, answers table);
+    `version` (a registry ModelVersion) is tagged `eval.<metric>` and `eval.run_id`. Only run and
+    registry calls every tracking server has (common.mlflow_tables). Returns the run id."""
     import pandas as pd
 
     table = pd.DataFrame(evaluation.rows)
     dataset = mlflow.data.from_pandas(
         table[["conversation", "reference"]], name="held-out", targets="reference"
     )
-    model_id = logged_model_id(version) if version is not None else None
     measured = {k: v for k, v in evaluation.metrics.items() if math.isfinite(v)}
     tags = {**tags, "eval.dataset_digest": dataset.digest, "eval.rows": str(len(table))}
     with mlflow.start_run(
         experiment_id=experiment_id, run_name=f"evaluate {evaluation.label}", tags=tags
     ) as run:
-        model = mlflow.entities.LoggedModelInput(model_id) if model_id else None
-        mlflow.log_input(dataset, context="evaluation", model=model)
-        mlflow.log_metrics(measured, model_id=model_id, dataset=dataset)
-        mlflow.log_table(table, artifact_file="eval/answers.json")
+        mlflow.log_input(dataset, context="evaluation")
+        mlflow.log_metrics(measured)
+        mlflow_tables.log_table(table, "eval/answers.json")
         for name, rows in evaluation.task_rows.items():
-            mlflow.log_table(pd.DataFrame(rows), artifact_file=f"eval/tasks/{name}.json")
+            mlflow_tables.log_table(rows, f"eval/tasks/{name}.json")
     evaluation.run_id = run.info.run_id
     if version is not None:
         client = MlflowClient()

@@ -42,9 +42,17 @@ def training_tokenizer(model_dir: str):
     )
 
 
-def log_model(tmp_path, model_dir: str, name: str = "tiny-phi3-sft", tokenizer=None, served_tokenizer=None):
-    """Log and register `model_dir` as the recipe does (tokenizer artifacts, llm/v1/chat model);
-    `served_tokenizer` replaces the tokenizer inside the MLflow model (to simulate drift)."""
+def log_model(
+    tmp_path,
+    model_dir: str,
+    name: str = "tiny-phi3-sft",
+    tokenizer=None,
+    served_tokenizer=None,
+    tracking_uri: str | None = None,
+):
+    """Log and register `model_dir` as the recipe does (tokenizer artifacts, llm/v1/chat model), in
+    a sqlite store under `tmp_path` or at `tracking_uri`; `served_tokenizer` replaces the tokenizer
+    inside the MLflow model (to simulate drift)."""
     import mlflow
     from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM
@@ -53,7 +61,7 @@ def log_model(tmp_path, model_dir: str, name: str = "tiny-phi3-sft", tokenizer=N
 
     tokenizer = tokenizer or training_tokenizer(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = tracking_uri or f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(uri)
     try:
         mlflow.set_experiment("deploy-tests")
