@@ -106,7 +106,7 @@ class EvalSettings:
 class GateSettings:
     alias: str = "champion"
     tolerance: dict[str, float | None] = field(default_factory=dict)
-    tasks_tolerance: float | None = None
+    tasks_tolerance: float | None = 0.05
     azure: bool = True
     azure_rows: int = 32
 
