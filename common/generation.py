@@ -42,6 +42,15 @@ def end_of_turn_id(tokenizer, chat_template: str | None = None) -> int | None:
     return next((token for token, (start, _) in pairs if start >= after and token in special), None)
 
 
+def split_for_generation(messages: list[dict]) -> tuple[list[dict], str] | None:
+    """(prompt messages, reference answer) for the last assistant turn, or None: how a held-out
+    conversation is asked (training's evaluation, deploy's evaluation gate)."""
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i]["role"] == "assistant":
+            return messages[:i], messages[i]["content"]
+    return None
+
+
 def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     """Token ids of the prompt a model answers: the chat template with the generation prompt."""
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]

@@ -4,6 +4,8 @@ python -m deploy target=local port=8000         # scoring server on 127.0.0.1:80
 python -m deploy target=azureml                 # blue/green to a managed online endpoint
 python -m deploy target=azureml action=status
 python -m deploy action=chat model.version=2
+python -m deploy action=evaluate model.version=2
+python -m deploy action=promote model.version=2   # exit status 1 when the gate refuses
 """
 
 import hydra
@@ -14,11 +16,25 @@ from common.paths import PROJECT_ROOT
 from deploy.actions import run
 from deploy.azureml import DeployError
 from deploy.config import register_configs
+from deploy.evaluate import EvaluationError
+from deploy.gate import GateError, PromotionRefused
+from deploy.lm_eval_tasks import TaskError
 from deploy.parity import ParityError
 from deploy.registry import ModelNotFound
 
-# Errors that mean "the request or the setup is wrong", not a bug: a message, no traceback.
-USER_ERRORS = (DeployError, ParityError, ModelNotFound, WorkspaceSettingsError, EndpointCredentialsError)
+# Errors that mean "the request or the setup is wrong" (or the gate said no), not a bug: a
+# message and exit status 1, no traceback.
+USER_ERRORS = (
+    DeployError,
+    ParityError,
+    ModelNotFound,
+    WorkspaceSettingsError,
+    EndpointCredentialsError,
+    EvaluationError,
+    GateError,
+    PromotionRefused,
+    TaskError,
+)
 
 register_configs()
 if not OmegaConf.has_resolver("project_root"):

@@ -11,7 +11,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from common.azure_workspace import WorkspaceSettings, endpoint_credentials, ml_client
-from deploy import chat, registry
+from deploy import chat, evaluate, gate, registry
 from deploy.config import Action
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def load_checked_model(cfg, ref: registry.ModelRef):
     chat_model = ChatModel(uri)
     if cfg.parity.check:
         training = None
-        run_id = ref.azureml_job or _run_id(ref)
+        run_id = training_run_id(ref)
         if run_id:
             training = parity.download_training_tokenizer_info(
                 run_id, tempfile.mkdtemp(prefix="finetune-phi-tok-")
@@ -49,7 +49,10 @@ def load_checked_model(cfg, ref: registry.ModelRef):
     return chat_model
 
 
-def _run_id(ref: registry.ModelRef) -> str | None:
+def training_run_id(ref: registry.ModelRef) -> str | None:
+    """The MLflow run that produced the model (an Azure ML job's name is its run id), if known."""
+    if ref.azureml_job:
+        return ref.azureml_job
     if ref.uri.startswith("models:/") and ref.version:
         return MlflowClient().get_model_version(ref.name, ref.version).run_id
     if ref.uri.startswith("runs:/"):
@@ -57,20 +60,140 @@ def _run_id(ref: registry.ModelRef) -> str | None:
     return None
 
 
+def registry_version(ref: registry.ModelRef):
+    """The registry's ModelVersion of a `models:/` reference, else None."""
+    if ref.uri.startswith("models:/") and ref.version:
+        return MlflowClient().get_model_version(ref.name, ref.version)
+    return None
+
+
+def evaluation_tags(cfg, ref: registry.ModelRef, run_id: str | None, source: str) -> dict[str, str]:
+    """What an evaluation run is of: the model, its training run, the conversations and settings."""
+    return {
+        "eval.model_name": ref.name,
+        "eval.model_version": str(ref.version or ""),
+        "eval.model_uri": ref.uri,
+        "eval.training_run_id": run_id or "",
+        "eval.source": source,
+        "eval.max_new_tokens": str(cfg.eval.max_new_tokens),
+    }
+
+
+def evaluate_model(cfg, ref: registry.ModelRef, cases, source: str, label: str) -> evaluate.Evaluation:
+    """`ref` loaded as the server loads it, evaluated on `cases`, logged in its training run's
+    experiment (when that run is reachable) and its version tagged."""
+    chat_model = load_checked_model(cfg, ref)
+    evaluation = evaluate.evaluate_in_process(chat_model, cases, cfg.eval, label)
+    del chat_model  # before a second model loads (promote)
+    run_id = training_run_id(ref)
+    experiment_id = evaluate.experiment_of(run_id)
+    if experiment_id is None:
+        print(
+            f"{label}: its training run is not in {cfg.tracking_uri}: the evaluation is printed, not logged"
+        )
+        return evaluation
+    tags = evaluation_tags(cfg, ref, run_id, source)
+    evaluate.log_evaluation(evaluation, experiment_id, tags, registry_version(ref))
+    return evaluation
+
+
+def run_evaluate(cfg) -> evaluate.Evaluation:
+    ref = find_model(cfg, for_azureml=False)
+    cases, source = evaluate.held_out_cases(cfg.eval, training_run_id(ref), cfg.eval.max_rows)
+    label = f"v{ref.version}" if ref.version else ref.name
+    print(f"evaluating {ref.uri} on {len(cases)} conversations from {source} ...", flush=True)
+    evaluation = evaluate_model(cfg, ref, cases, source, label)
+    print(evaluate.metrics_table(evaluation), evaluate.answers_table(evaluation.rows), sep="\n\n")
+    if evaluation.run_id:
+        print(f"\nevaluation run {evaluation.run_id}: mlflow ui --backend-store-uri {cfg.tracking_uri}")
+    return evaluation
+
+
+def run_promote(cfg) -> gate.Comparison | None:
+    """Move `gate.alias` to `model.version` when it is within `gate.tolerance` of the holder, both
+    evaluated here on the same conversations; else raise PromotionRefused, the alias unmoved."""
+    if cfg.model.get("version") is None or cfg.model.get("alias") or cfg.model.get("uri"):
+        raise gate.GateError("action=promote takes a registered version: model.version=N")
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    client = MlflowClient()
+    name, alias = cfg.model.name, cfg.gate.alias
+    version = registry.registered_version(client, name, cfg.model.version)
+    holder = registry.alias_holder(client, name, alias)
+    if holder == version:
+        print(f"{name} v{version} already holds @{alias}; nothing to do")
+        return None
+    candidate = registry.ModelRef(uri=f"models:/{name}/{version}", name=name, version=version)
+    cases, source = evaluate.held_out_cases(cfg.eval, training_run_id(candidate), cfg.eval.max_rows)
+    print(
+        f"evaluating {name} v{version} against @{alias} ({f'v{holder}' if holder else 'none yet'}) "
+        f"on {len(cases)} conversations from {source} ...",
+        flush=True,
+    )
+    new = evaluate_model(cfg, candidate, cases, source, f"v{version}")
+    old = None
+    if holder is not None:
+        old = evaluate_model(
+            cfg,
+            registry.ModelRef(f"models:/{name}/{holder}", name, holder),
+            cases,
+            source,
+            f"v{holder} @{alias}",
+        )
+    comparison = gate.compare_evaluations(new, old, cfg.gate, missing_baseline="(no holder)")
+    print(comparison.table())
+    if not comparison.passed:
+        if old is not None:
+            print(f"\nwhere v{version} answers worse:\n{evaluate.worse_rows(new.rows, old.rows)}")
+        client.set_model_version_tag(
+            name, version, "gate.refused", f"{alias} v{holder}: {', '.join(comparison.failed)}"
+        )
+        where = f"stays on v{holder}" if holder else "stays unset"
+        raise gate.PromotionRefused(
+            f"v{version} fails the gate on {', '.join(comparison.failed)}; @{alias} {where}"
+        )
+    client.set_registered_model_alias(name, alias, version)
+    client.set_model_version_tag(name, version, "gate.promoted_over", holder or "none")
+    if holder is None:
+        print(f"no version held @{alias} yet: promoted v{version} on its own metrics")
+    else:
+        print(f"promoted: @{alias} moved from v{holder} to v{version}")
+    return comparison
+
+
 def azure_client(cfg, credential=None):
     return ml_client(WorkspaceSettings.from_config(cfg.target.workspace), credential=credential)
+
+
+def deployment_gate(cfg, ref: registry.ModelRef):
+    """The blue/green gate with its conversations, read before anything is created (None: gate.azure=false)."""
+    from deploy.azureml import DeployError
+    from deploy.azureml_gate import DeploymentGate
+
+    if not cfg.gate.azure:
+        return None
+    run_id = training_run_id(ref)
+    try:
+        cases, source = evaluate.held_out_cases(cfg.eval, run_id, cfg.gate.azure_rows)
+    except evaluate.EvaluationError as e:
+        raise DeployError(
+            f"the blue/green gate has no conversations: {e} (or deploy ungated: gate.azure=false)"
+        ) from e
+    tags = evaluation_tags(cfg, ref, run_id, source)
+    return DeploymentGate(cases, cfg.eval, cfg.gate, evaluate.experiment_of(run_id), tags)
 
 
 def deploy_azureml(cfg, client, ref: registry.ModelRef) -> dict:
     from common.azure_environment import ensure_environment
     from deploy import azureml, environment
 
+    traffic_gate = deployment_gate(cfg, ref)
+
     if cfg.target.preflight.roles:
         for line in azureml.preflight_roles(client, cfg.target.endpoint):
             print(f"preflight: {line}", flush=True)
     context = environment.write_build_context(Path(tempfile.mkdtemp(prefix="finetune-phi-serve-env-")))
     env = ensure_environment(client, environment.environment_entity(cfg.target.environment, context))
-    result = azureml.deploy(cfg, client, ref, env, cfg.tracking_uri)
+    result = azureml.deploy(cfg, client, ref, env, cfg.tracking_uri, gate=traffic_gate)
     print(
         f"deployed {ref.uri} to {result['endpoint']}/{result['deployment']}; traffic "
         f"{result['traffic_before'] or '{}'} -> {result['traffic_after']}\n"
@@ -85,6 +208,10 @@ def run(cfg, client=None) -> object:
     """Dispatch `cfg.action` for `cfg.target.name`; `client` injects an MLClient (tests)."""
     if cfg.action is Action.chat:
         return run_chat(cfg, client)
+    if cfg.action is Action.evaluate:
+        return run_evaluate(cfg)
+    if cfg.action is Action.promote:
+        return run_promote(cfg)
     if cfg.target.name == "local":
         if cfg.action is not Action.deploy:
             raise SystemExit(

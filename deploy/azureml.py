@@ -5,8 +5,10 @@
 2. create the endpoint if it does not exist (an existing one is left as it is);
 3. create or update the deployment that carries no traffic (`deployment.names` alternate);
 4. smoke-test it with a real request (`online_endpoints.invoke(deployment_name=...)`);
-5. only then move `traffic.new_percent` to it; the previous deployment keeps the rest.
-A failure in 3 or 4 leaves traffic where it was; the new deployment is kept for its logs
+5. the gate (`gate.azure`, deploy/azureml_gate.py): it and the live deployment answer the same
+   held-out conversations, and it must be within `gate.tolerance` of the live one;
+6. only then move `traffic.new_percent` to it; the previous deployment keeps the rest.
+A failure in 3, 4 or 5 leaves traffic where it was; the new deployment is kept for its logs
 or deleted (`on_failure`), never the live one. `teardown()` deletes only on confirmation.
 
 The scoring code is deploy/scoring/score.py, the same module the local server runs, uploaded
@@ -208,8 +210,9 @@ def _get_endpoint(client, name: str):
         return None
 
 
-def deploy(cfg, client, ref: ModelRef, environment, tracking_uri: str) -> dict:
-    """Blue/green deploy of `ref` to `cfg.target.endpoint.name`; returns what was done."""
+def deploy(cfg, client, ref: ModelRef, environment, tracking_uri: str, gate=None) -> dict:
+    """Blue/green deploy of `ref` to `cfg.target.endpoint.name`; returns what was done. `gate`
+    (deploy.azureml_gate.DeploymentGate) decides after the smoke test whether traffic may move."""
     target = cfg.target
     endpoint_name = target.endpoint.name
 
@@ -230,6 +233,8 @@ def deploy(cfg, client, ref: ModelRef, environment, tracking_uri: str) -> dict:
         client.online_deployments.begin_create_or_update(deployment).result()
         payload = OmegaConf.to_container(target.smoke_test.payload, resolve=True)
         answer = smoke_test(client, endpoint_name, new_name, payload)
+        if gate is not None:
+            gate(client, endpoint_name, new_name, before)
     except Exception as e:
         state = f"traffic left as it was ({before or 'none'})"
         if target.on_failure is OnFailure.delete:

@@ -25,6 +25,8 @@ class Action(enum.StrEnum):
     status = "status"
     teardown = "teardown"
     chat = "chat"
+    evaluate = "evaluate"  # answer the held-out set, log an evaluation run, tag the version
+    promote = "promote"  # move the gate.alias to model.version if it is within tolerance of the holder
 
 
 class AuthMode(enum.StrEnum):  # Azure ML managed online endpoint auth modes
@@ -77,6 +79,36 @@ class ServerSettings:
     kv_cache_tokens: int | None = None
     torch_threads: int | None = 1
     shutdown_timeout_s: float = 5.0
+
+
+@dataclass
+class JudgeSettings:
+    """The optional LLM judge (deploy/judge.py; values and comments: conf/deploy/deploy.yaml)."""
+
+    url: str | None = None
+    model: str = ""
+    key_env: str = "OPENAI_API_KEY"
+    max_tokens: int = 128
+    instructions: str = MISSING
+
+
+@dataclass
+class EvalSettings:
+    source: str | None = None
+    max_rows: int | None = None
+    max_new_tokens: int = 128
+    batch_size: int = 16
+    tasks: list[str] = field(default_factory=list)
+    judge: JudgeSettings = field(default_factory=JudgeSettings)
+
+
+@dataclass
+class GateSettings:
+    alias: str = "champion"
+    tolerance: dict[str, float | None] = field(default_factory=dict)
+    tasks_tolerance: float | None = 0.05
+    azure: bool = True
+    azure_rows: int = 32
 
 
 @dataclass
@@ -175,6 +207,8 @@ class DeployConfig:
     key_env: str = "FINETUNE_PHI_ENDPOINT_KEY"
     parity: ParityConfig = field(default_factory=ParityConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    gate: GateSettings = field(default_factory=GateSettings)
 
 
 def register_configs() -> None:

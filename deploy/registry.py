@@ -51,6 +51,15 @@ def registered_version(
     return str(version)
 
 
+def alias_holder(client: MlflowClient, name: str, alias: str) -> str | None:
+    """The version holding `alias`, or None when none does. Read from the registered model's alias
+    table: looking the alias up raises for a missing one with a code that differs by store (the
+    sqlite store's is INVALID_PARAMETER_VALUE), and a promotion must never take an unreachable
+    store for "no holder yet"."""
+    version = client.get_registered_model(name).aliases.get(alias)
+    return None if version is None else str(version)
+
+
 def model_uri(
     client: MlflowClient, name: str, version: int | str | None = None, alias: str | None = None
 ) -> str:

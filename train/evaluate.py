@@ -8,15 +8,7 @@ reference answer; whether each answer ended on a stop token says whether the mod
 
 from __future__ import annotations
 
-from common.generation import Generator
-
-
-def split_for_generation(messages: list[dict]) -> tuple[list[dict], str] | None:
-    """(prompt messages, reference answer) for the last assistant turn, or None."""
-    for i in range(len(messages) - 1, -1, -1):
-        if messages[i]["role"] == "assistant":
-            return messages[:i], messages[i]["content"]
-    return None
+from common.generation import Generator, split_for_generation
 
 
 def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int = 16):

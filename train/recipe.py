@@ -55,6 +55,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase, set_seed
 from trl import SFTTrainer
 
+from common import mlflow_tables
 from train import checkpoint, data, evaluate, launch, model, sweep, tracking
 from train.config import PeftMethod, PeftSave, sft_schema
 from train.prepare import preview
@@ -198,7 +199,7 @@ def train(cfg: DictConfig, setup: Setup) -> dict[str, float]:
 def log_results(setup: Setup, metrics: dict[str, float], answers: list[dict]) -> None:
     """The final metrics, the held-out answers as a table and the loss curve."""
     if answers:
-        tracking.log_table(  # mlflow.log_table fails on Azure ML's tracking server: see there
+        mlflow_tables.log_table(  # mlflow.log_table fails on Azure ML's tracking server: see there
             {k: [a[k] for a in answers] for k in ("prompt", "reference", "answer", "finish_reason")},
             "eval/answers.json",
         )

@@ -187,27 +187,13 @@ def log_tokenizer_artifacts(tokenizer, out_dir: Path) -> None:
     mlflow.log_artifacts(str(out_dir), artifact_path="tokenizer")
 
 
-def log_table(data: dict[str, list], artifact_file: str) -> None:
-    """`mlflow.log_table` for a table the run logs once, without its read-back: MLflow's lists the
-    run's artifacts first (to append to an existing table), and in MLflow 3 that listing searches
-    logged models, which Azure ML's tracking server and MLflow 2.x servers answer with 404
-    (azure-sdk-for-python#44896). The same file (pandas' split orient) and the same run tag, so
-    `MlflowClient.load_table` and the MLflow UI read it as MLflow's own."""
-    import pandas as pd
-    from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
-
-    mlflow.log_text(pd.DataFrame(data).to_json(orient="split", index=False, date_format="iso"), artifact_file)
-    tags = mlflow.get_run(mlflow.active_run().info.run_id).data.tags
-    tables = json.loads(tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
-    entry = {"path": artifact_file, "type": "table"}
-    if entry not in tables:
-        mlflow.set_tag(MLFLOW_LOGGED_ARTIFACTS, json.dumps([*tables, entry]))
-
-
 def log_prepared_data(prepared) -> None:
-    """Where the data came from and what preparation kept, dropped and counted (data/ artifacts)."""
+    """Where the data came from and what preparation kept, dropped and counted (data/ artifacts),
+    and the held-out conversations themselves (`data/test.jsonl`): `python -m deploy
+    action=evaluate|promote` answers them for any version this run registers."""
     mlflow.set_tag("data_dir", str(prepared.dir))
     mlflow.log_artifact(str(prepared.dir / "stats.json"), artifact_path="data")
+    mlflow.log_artifact(str(prepared.dir / "test.jsonl"), artifact_path="data")
     if prepared.stats["rejected"] or prepared.stats["dropped_too_long"]:
         mlflow.log_artifact(str(prepared.dir / "rejects.jsonl"), artifact_path="data")
     counts = (

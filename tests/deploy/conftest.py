@@ -8,6 +8,19 @@ from dataclasses import dataclass
 import pytest
 
 
+def compose_deploy(*overrides: str):
+    """The real `python -m deploy` config as Hydra composes it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    import deploy.__main__  # noqa: F401  (registers the schemas and the project_root resolver)
+    from common.paths import PROJECT_ROOT
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf" / "deploy"), version_base="1.3"):
+        return compose("deploy", overrides=list(overrides))
+
+
 @dataclass(frozen=True)
 class Registered:
     tracking_uri: str
@@ -26,9 +39,17 @@ def training_tokenizer(model_dir: str):
     return load_tokenizer(OmegaConf.structured(ModelConfig(model_dir, "tiny")))
 
 
-def log_model(tmp_path, model_dir: str, name: str = "tiny-phi3-sft", tokenizer=None, served_tokenizer=None):
-    """Log and register `model_dir` as the recipe does (tokenizer artifacts, llm/v1/chat model);
-    `served_tokenizer` replaces the tokenizer inside the MLflow model (to simulate drift)."""
+def log_model(
+    tmp_path,
+    model_dir: str,
+    name: str = "tiny-phi3-sft",
+    tokenizer=None,
+    served_tokenizer=None,
+    tracking_uri: str | None = None,
+):
+    """Log and register `model_dir` as the recipe does (tokenizer artifacts, llm/v1/chat model), in
+    a sqlite store under `tmp_path` or at `tracking_uri`; `served_tokenizer` replaces the tokenizer
+    inside the MLflow model (to simulate drift)."""
     import mlflow
     from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM
@@ -37,7 +58,7 @@ def log_model(tmp_path, model_dir: str, name: str = "tiny-phi3-sft", tokenizer=N
 
     tokenizer = tokenizer or training_tokenizer(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = tracking_uri or f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(uri)
     try:
         mlflow.set_experiment("deploy-tests")
@@ -61,3 +82,40 @@ def registered(tmp_path_factory, tiny_cache) -> Registered:
     from train.tiny_model import ensure_tiny_phi3
 
     return log_model(tmp_path_factory.mktemp("registered"), ensure_tiny_phi3())
+
+
+@dataclass(frozen=True)
+class TrainedPair:
+    """One MLflow store with the tiny model trained as `python -m train` trains it (version 1) and
+    trained for 2 steps only (version 2), each registered by the recipe with its held-out set."""
+
+    tracking_uri: str
+    output_root: str
+    name: str = "tiny-phi3-sft"
+
+
+@pytest.fixture(scope="session")
+def trained_pair(tmp_path_factory, tiny_cache) -> TrainedPair:
+    """Trained once per session for every test that needs a good and a bad version (slow: the
+    demo's whole training, ~35 s on an idle 2-core machine). Fewer steps do not make a good
+    model: at 40 steps it still answers nothing at all, like the 2-step one."""
+    from omegaconf import open_dict
+
+    from tests.conftest import compose_config
+    from train.recipe import run
+
+    tmp = tmp_path_factory.mktemp("trained-pair")
+    tracking_uri = f"sqlite:///{tmp}/outputs/mlflow.db"
+    for run_name, overrides in (("trained", ()), ("two-steps", ("sft.max_steps=2",))):
+        cfg = compose_config(
+            "sft.disable_tqdm=true",
+            "eval.generate_samples=0",
+            f"logger.tracking_uri={tracking_uri}",
+            *overrides,
+            tmp=tmp,
+        )
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp / "outputs" / run_name)
+        run(cfg)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # the recipe's set_tracking_uri exported it
+    return TrainedPair(tracking_uri, str(tmp / "outputs"))

@@ -310,7 +310,9 @@ def test_model_from_a_local_registry_is_uploaded_as_an_mlflow_model(monkeypatch,
 
 def test_cli_deploy_builds_the_serving_environment_from_the_generated_spec(capsys):
     workspace = Workspace(endpoint_traffic={"blue": 100})
-    cfg = deploy_config("model.azureml_job=job-7", "parity.check=false", "target.preflight.roles=false")
+    cfg = deploy_config(
+        "model.azureml_job=job-7", "parity.check=false", "target.preflight.roles=false", "gate.azure=false"
+    )  # the gate: tests/deploy/test_azureml_gate.py
     result = actions.run(cfg, client=workspace.client())
     environment = next(e for e in workspace.events if e[0] == "environment.create_or_update")
     context = Path(environment[2])

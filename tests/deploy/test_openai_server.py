@@ -404,7 +404,10 @@ def test_a_request_past_its_timeout_is_a_504_not_to_be_retried(registered, tmp_p
         server = Served(url, log_path)
         client = server.client(max_retries=2)  # x-should-retry: false overrides the client's retries
         with pytest.raises(openai.InternalServerError) as refused:
-            client.chat.completions.create(model=server.model, messages=MESSAGES, max_tokens=480)
+            # Greedy: the untrained tiny model then never stops early (sampled, it sometimes did).
+            client.chat.completions.create(
+                model=server.model, messages=MESSAGES, max_tokens=480, temperature=0
+            )
         assert refused.value.status_code == 504 and refused.value.code == "request_timeout"
         assert refused.value.response.headers["x-should-retry"] == "false"
         assert (
@@ -413,7 +416,7 @@ def test_a_request_past_its_timeout_is_a_504_not_to_be_retried(registered, tmp_p
         assert server.raw("GET", "/health")[0] == 200  # the cut request freed its slot
         # Streamed, the 200 is already sent: the timeout comes as an error event, raised by the client.
         stream = client.chat.completions.create(
-            model=server.model, messages=MESSAGES, max_tokens=480, stream=True
+            model=server.model, messages=MESSAGES, max_tokens=480, stream=True, temperature=0
         )
         with pytest.raises(openai.APIError, match="request timeout"):
             list(stream)

@@ -123,3 +123,10 @@ def test_deploy_config_composes_for_both_targets_and_rejects_bad_actions():
     assert azure.target.endpoint.auth_mode.name == "key" and azure.target.traffic.new_percent == 100
     with pytest.raises(SystemExit, match="action=status needs target=azureml"):
         actions.run(bad)
+
+
+def test_alias_holder_is_none_only_when_no_version_holds_it(client):
+    from deploy.registry import alias_holder
+
+    assert alias_holder(client, "m", "champion") == "2"
+    assert alias_holder(client, "m", "challenger") is None

@@ -210,12 +210,17 @@ def test_fsdp2_shards_trains_like_ddp_and_its_gathered_model_registers(tmp_path)
     # What the recipe's log_and_register stage does with a sharded run's final_model/.
     cfg = compose_config(*QUICK, "logger.registered_model_name=fsdp2-tiny", tmp=tmp_path)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    gathered = recipe._read_back(tmp_path / "final_model", cfg)
-    with mlflow.start_run():
-        _, version = tracking.log_chat_model(
-            gathered, AutoTokenizer.from_pretrained(tmp_path / "final_model"), cfg.logger, False, {}
-        )
-    registered = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
+    try:
+        gathered = recipe._read_back(tmp_path / "final_model", cfg)
+        # An explicit experiment: an earlier test's mlflow.set_experiment leaves its id active.
+        with mlflow.start_run(experiment_id=mlflow.create_experiment("fsdp2")):
+            version = tracking.log_chat_model(
+                gathered, AutoTokenizer.from_pretrained(tmp_path / "final_model"), cfg.logger, False, {}
+            )
+        registered = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)  # set_tracking_uri exported it
+        mlflow.set_tracking_uri(None)
     response = registered.predict({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
     response = response[0] if isinstance(response, list) else response
     assert (
