@@ -28,7 +28,7 @@ import pytest
 import torch
 from datasets import Dataset
 from omegaconf import open_dict
-from transformers import AutoTokenizer, Phi3Config, Phi3ForCausalLM
+from transformers import AutoTokenizer, GenerationConfig, Phi3Config, Phi3ForCausalLM
 from trl import SFTTrainer
 
 from tests.conftest import compose_config
@@ -64,7 +64,8 @@ def train_small_phi3(tmp_path_factory):
 
 
 def _trainer_of_small_phi3(tmp_path_factory):
-    tokenizer = AutoTokenizer.from_pretrained(ensure_tiny_phi3())
+    tiny = ensure_tiny_phi3()
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
     config = Phi3Config(
         vocab_size=len(tokenizer),
         hidden_size=128,
@@ -80,7 +81,9 @@ def _trainer_of_small_phi3(tmp_path_factory):
     )
     torch.manual_seed(0)
     model_dir = tmp_path_factory.mktemp("small-phi3")
-    Phi3ForCausalLM(config).save_pretrained(model_dir)
+    model = Phi3ForCausalLM(config)
+    model.generation_config = GenerationConfig.from_pretrained(tiny)  # stops at <|end|> as Phi-3.5 does
+    model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     specials = set(tokenizer.all_special_ids)
     vocabulary = torch.tensor([i for i in range(len(tokenizer)) if i not in specials])
