@@ -11,7 +11,7 @@ neutral `common` package, which the Azure code snapshot carries beside it (deplo
 never the `deploy` package.
 
 The payload shapes, their validation and answers are `common.payloads`. Generation does not
-go through `pyfunc.predict`: measured on MLflow 3.17, the llm/v1/chat pyfunc drops
+go through `pyfunc.predict`: measured on MLflow 3.15 and 3.17, the llm/v1/chat pyfunc drops
 `max_new_tokens` and `do_sample` (not in its signature), ignores `params=` (no params schema)
 and, since `do_sample` stays false, silently ignores `temperature` and `top_p`. The model and
 tokenizer MLflow loads are used directly instead, through `common.generation` (the renderer
