@@ -8,6 +8,9 @@ UV_VERSION := 0.13.9
 # CPU machines here keep a local torch wheel in PIP_FIND_LINKS (/opt/wheels); elsewhere
 # the same version comes from PyPI (the CUDA build on Linux).
 FIND_LINKS := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),)
+# MLflow 3 reports usage to mlflow-telemetry.io unless told not to; targets here talk to loopback
+# only (set it to false in your environment to let it report).
+export MLFLOW_DISABLE_TELEMETRY ?= true
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
