@@ -61,8 +61,11 @@ def log_model(
     uri = tracking_uri or f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(uri)
     try:
-        mlflow.set_experiment("deploy-tests")
-        with mlflow.start_run() as run:
+        # A local store keeps its artifacts beside it (MLflow's default would be ./mlruns in the
+        # checkout); a server stores them where it serves artifacts.
+        artifacts = None if tracking_uri else (tmp_path / "artifacts").as_uri()
+        experiment = mlflow.create_experiment(f"deploy-tests-{name}", artifact_location=artifacts)
+        with mlflow.start_run(experiment_id=experiment) as run:
             tracking.log_tokenizer_artifacts(tokenizer, tmp_path / f"tokenizer_info_{run.info.run_id}")
             version = tracking.log_chat_model(
                 model,
