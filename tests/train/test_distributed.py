@@ -212,8 +212,10 @@ def test_fsdp2_shards_trains_like_ddp_and_its_gathered_model_registers(tmp_path)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     try:
         gathered = recipe._read_back(tmp_path / "final_model", cfg)
-        # An explicit experiment: an earlier test's mlflow.set_experiment leaves its id active.
-        with mlflow.start_run(experiment_id=mlflow.create_experiment("fsdp2")):
+        # An explicit experiment (an earlier test's mlflow.set_experiment leaves its id active),
+        # with its artifacts beside the store rather than in ./mlruns.
+        experiment = mlflow.create_experiment("fsdp2", artifact_location=(tmp_path / "artifacts").as_uri())
+        with mlflow.start_run(experiment_id=experiment):
             version = tracking.log_chat_model(
                 gathered, AutoTokenizer.from_pretrained(tmp_path / "final_model"), cfg.logger, False, {}
             )
