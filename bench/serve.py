@@ -125,9 +125,7 @@ def check_loopback(url: str) -> str:
 
 
 @contextlib.contextmanager
-def endpoint(
-    url: str | None, model_uri: str | None, key_env: str, overrides: tuple[str, ...] = ()
-) -> Iterator[str]:
+def endpoint(url: str | None, model_uri: str | None, key_env: str) -> Iterator[str]:
     if url:
         yield check_loopback(url)
         return

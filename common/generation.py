@@ -8,10 +8,11 @@ call, the same stop ids, the same decoding and the same finish reasons.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import cached_property
 from typing import Any
 
-from common.payloads import check_context
+from common.payloads import RequestLimits, check_context
 
 SENTINEL_REPLY = "Sentinel reply 7"
 
@@ -92,6 +93,13 @@ class Generator:
         refuse such a prompt before tokenizing it (a megabyte-long one takes most of a second)."""
         return self.context_tokens * longest_token_chars(self.tokenizer)
 
+    def request_limits(self, limits: RequestLimits | None = None) -> RequestLimits:
+        """`limits` (default RequestLimits()) with an unset max_prompt_chars bounded by this model."""
+        limits = limits or RequestLimits()
+        if limits.max_prompt_chars is None:
+            limits = replace(limits, max_prompt_chars=self.max_prompt_chars)
+        return limits
+
     def checked_prompt_ids(self, messages: list[dict], max_new_tokens: int) -> list[int]:
         """The prompt's ids; BadRequest naming both numbers when prompt + answer exceed the context."""
         ids = self.prompt_ids(messages)
@@ -107,9 +115,12 @@ class Generator:
 
     def answer_batch(self, conversations: list[list[dict]], generate: dict, stop: list[str]) -> list[dict]:
         """One answer per conversation: `text`, `finish_reason` (stop | length) and `usage`."""
+        return self.answer_prompts([self.prompt_ids(m) for m in conversations], generate, stop)
+
+    def answer_prompts(self, prompts: list[list[int]], generate: dict, stop: list[str]) -> list[dict]:
+        """`answer_batch` for prompts already rendered and tokenized (`checked_prompt_ids`)."""
         import torch
 
-        prompts = [self.prompt_ids(m) for m in conversations]
         width = max(map(len, prompts))
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.model.device)

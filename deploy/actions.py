@@ -53,8 +53,8 @@ def training_run_id(ref: registry.ModelRef) -> str | None:
     """The MLflow run that produced the model (an Azure ML job's name is its run id), if known."""
     if ref.azureml_job:
         return ref.azureml_job
-    if ref.uri.startswith("models:/") and ref.version:
-        return MlflowClient().get_model_version(ref.name, ref.version).run_id
+    if (registered := registry_version(ref)) is not None:
+        return registered.run_id
     if ref.uri.startswith("runs:/"):
         return ref.uri.split("/")[1]
     return None
@@ -85,7 +85,8 @@ def evaluate_model(cfg, ref: registry.ModelRef, cases, source: str, label: str) 
     chat_model = load_checked_model(cfg, ref)
     evaluation = evaluate.evaluate_in_process(chat_model, cases, cfg.eval, label)
     del chat_model  # before a second model loads (promote)
-    run_id = training_run_id(ref)
+    registered = registry_version(ref)
+    run_id = registered.run_id if registered is not None else training_run_id(ref)
     experiment_id = evaluate.experiment_of(run_id)
     if experiment_id is None:
         print(
@@ -93,7 +94,7 @@ def evaluate_model(cfg, ref: registry.ModelRef, cases, source: str, label: str) 
         )
         return evaluation
     tags = evaluation_tags(cfg, ref, run_id, source)
-    evaluate.log_evaluation(evaluation, experiment_id, tags, registry_version(ref))
+    evaluate.log_evaluation(evaluation, experiment_id, tags, registered)
     return evaluation
 
 
@@ -122,7 +123,7 @@ def run_promote(cfg) -> gate.Comparison | None:
     if holder == version:
         print(f"{name} v{version} already holds @{alias}; nothing to do")
         return None
-    candidate = registry.ModelRef(uri=f"models:/{name}/{version}", name=name, version=version)
+    candidate = registry.version_ref(name, version)
     cases, source = evaluate.held_out_cases(cfg.eval, training_run_id(candidate), cfg.eval.max_rows)
     print(
         f"evaluating {name} v{version} against @{alias} ({f'v{holder}' if holder else 'none yet'}) "
@@ -134,7 +135,7 @@ def run_promote(cfg) -> gate.Comparison | None:
     if holder is not None:
         old = evaluate_model(
             cfg,
-            registry.ModelRef(f"models:/{name}/{holder}", name, holder),
+            registry.version_ref(name, holder),
             cases,
             source,
             f"v{holder} @{alias}",

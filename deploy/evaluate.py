@@ -36,7 +36,6 @@ from common.generation import split_for_generation
 from common.payloads import (
     BadRequest,
     GenerationParams,
-    RequestLimits,
     Shape,
     UnexpectedAnswer,
     build_payload,
@@ -151,26 +150,26 @@ def answer_row(case: Case, answer: dict | None, latency_s: float | None, error: 
 
 def answer_in_process(chat_model, cases: list[Case], max_new_tokens: int, batch_size: int) -> list[dict]:
     """The serving code's answers, in batches; a request the endpoint refuses is a failed row."""
-    limits = RequestLimits(max_prompt_chars=chat_model.max_prompt_chars)  # as the servers set it
+    limits = chat_model.request_limits()  # as the servers set them
     rows: list[dict | None] = [None] * len(cases)
     accepted = []
     for index, case in enumerate(cases):
         try:
             request = parse_request(openai_request(case, max_new_tokens), limits)
-            chat_model.checked_prompt_ids(request.conversations[0], request.generate["max_new_tokens"])
+            ids = chat_model.checked_prompt_ids(request.conversations[0], request.generate["max_new_tokens"])
         except BadRequest as e:
             rows[index] = answer_row(case, None, None, f"{e.status} {e.code or 'invalid_request'}: {e}")
             continue
-        accepted.append((index, request))
+        accepted.append((index, request, ids))
     for start in range(0, len(accepted), batch_size):
         batch = accepted[start : start + batch_size]
         started = time.perf_counter()
         # Every request carries the same generation settings (openai_request), so one batch does.
-        answers = chat_model.answer_batch(
-            [request.conversations[0] for _, request in batch], batch[0][1].generate, batch[0][1].stop
+        answers = chat_model.answer_prompts(
+            [ids for _, _, ids in batch], batch[0][1].generate, batch[0][1].stop
         )
         latency = time.perf_counter() - started  # each answer waited for its whole batch
-        for (index, _), answer in zip(batch, answers):
+        for (index, _, _), answer in zip(batch, answers):
             rows[index] = answer_row(cases[index], answer, latency)
     return rows
 

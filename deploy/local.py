@@ -55,7 +55,6 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import replace
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -448,8 +447,7 @@ def serve(
         raise ValueError(f"host={host!r}: the local server binds loopback only (127.0.0.1)")
     if settings.torch_threads and chat_model.model.device.type == "cpu":
         torch.set_num_threads(settings.torch_threads)  # before the generation thread starts: it inherits this
-    if limits.max_prompt_chars is None:
-        limits = replace(limits, max_prompt_chars=chat_model.max_prompt_chars)
+    limits = chat_model.request_limits(limits)
     engine = BatchedGenerator(chat_model, settings.max_batch, settings.max_queue, settings.kv_cache_tokens)
     key = endpoint_key(key_env)
     print(

@@ -64,8 +64,7 @@ def model_uri(
     client: MlflowClient, name: str, version: int | str | None = None, alias: str | None = None
 ) -> str:
     """`models:/NAME/VERSION`, or `models:/NAME@ALIAS` for an alias (checked to exist)."""
-    found = registered_version(client, name, version, alias)
-    return f"models:/{name}@{alias}" if alias is not None else f"models:/{name}/{found}"
+    return version_ref(name, registered_version(client, name, version, alias), alias).uri
 
 
 @dataclass(frozen=True)
@@ -76,6 +75,12 @@ class ModelRef:
     name: str  # the registered name (MLflow or Azure ML)
     version: str | None = None
     azureml_job: str | None = None  # the Azure ML job that produced it, when it came from one
+
+
+def version_ref(name: str, version: str, alias: str | None = None) -> ModelRef:
+    """A registered version of `name`, addressed by `alias` when one is given."""
+    uri = f"models:/{name}@{alias}" if alias else f"models:/{name}/{version}"
+    return ModelRef(uri=uri, name=name, version=str(version))
 
 
 def last_job_name(output_root: str | Path) -> str:
@@ -111,6 +116,4 @@ def resolve(model_cfg, client: MlflowClient | None, output_root: str | Path, for
     if client is None:
         raise ValueError("an MLflow client is needed to look up registered models")
     name, alias = model_cfg.name, model_cfg.get("alias")
-    version = registered_version(client, name, model_cfg.get("version"), alias)
-    uri = f"models:/{name}@{alias}" if alias else f"models:/{name}/{version}"
-    return ModelRef(uri=uri, name=name, version=version)
+    return version_ref(name, registered_version(client, name, model_cfg.get("version"), alias), alias)

@@ -72,10 +72,13 @@ def chat_family(tmp_path_factory):
 @pytest.fixture(scope="module", autouse=True)
 def no_ambient_mlflow_store():
     """Never let a developer's MLflow server, an Azure workspace, or another test's store
-    receive a test's runs. (`mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI.)"""
+    receive a test's runs. `mlflow.set_tracking_uri` keeps the URI in a module global, which
+    outranks the variable, and exports it; `set_tracking_uri(None)` clears both."""
     saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
     yield
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(None)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # set some other way
     if saved is not None:
         os.environ["MLFLOW_TRACKING_URI"] = saved
 

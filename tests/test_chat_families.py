@@ -5,7 +5,6 @@ unchanged: prepare, train, register, the parity check, local serving."""
 from __future__ import annotations
 
 import json
-import os
 import urllib.request
 
 import mlflow
@@ -63,7 +62,6 @@ def test_trains_registers_passes_parity_and_serves(chat_family, tmp_path, family
         training = parity.download_training_tokenizer_info(summary["mlflow_run_id"], tmp_path / "tokenizer")
         notes = parity.check(ChatModel(model_uri), training)
     finally:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
         mlflow.set_tracking_uri(None)
     assert f"answers stop at '{END_OF_TURN[family]}', as in training" in notes
 

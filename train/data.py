@@ -94,6 +94,8 @@ def prepare_for(cfg: DictConfig, tokenizer=None) -> PreparedData:
         if tokenizer is not None
         else None
     )
+    if chat_tokenizer is not None:  # refuse a template that cannot be masked before anything is prepared
+        chat_tokenizer.check_template()
     settings = {
         "version": PREPARE_VERSION,
         "source": opened_train.fingerprint,

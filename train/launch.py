@@ -55,7 +55,7 @@ def is_main_process() -> bool:
 def check_processes(trainer_world_size: int) -> None:
     """Stop when the launcher meant more processes than the trainer will train with."""
     mpi_sizes = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
-    cpu_launcher = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("true", "1")
+    cpu_launcher = _env_true("ACCELERATE_USE_CPU")
     if cpu_launcher and "MASTER_PORT" in os.environ and not {"WORLD_SIZE", *mpi_sizes} & set(os.environ):
         # accelerate's simple launcher: --cpu sends every config to it, and it starts ONE process
         # (it sets MASTER_PORT only for --num_processes > 1 or several machines; mpirun would set a size).

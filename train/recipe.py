@@ -220,7 +220,7 @@ def log_and_register(cfg: DictConfig, setup: Setup, metrics: dict[str, float], r
     final.config.use_cache = True  # gradient checkpointing turned it off
     tags = {
         "git_sha": tracking.git_sha(Path(cfg.paths.root_dir)),
-        "hydra_overrides": _overrides(cfg),
+        "hydra_overrides": _overrides(),
         "data_hash": data.data_fingerprint(setup.splits),
         "mlflow_run_id": run_id,
         **{k: f"{v:.6g}" for k, v in metrics.items() if k.startswith(("eval_", "exact_match"))},
@@ -250,7 +250,7 @@ def sft_defaults() -> dict:
     return OmegaConf.to_container(OmegaConf.structured(sft_schema()), enum_to_str=True)
 
 
-def _overrides(cfg: DictConfig) -> str:
+def _overrides() -> str:
     """The command line's overrides; empty when composed outside a Hydra app (notebooks)."""
     return " ".join(HydraConfig.get().overrides.task) if HydraConfig.initialized() else ""
 
@@ -290,7 +290,7 @@ def _log_settings(cfg: DictConfig, setup: Setup, continued: bool) -> None:
     mlflow.set_tags(
         {
             "profile": str(cfg.get("profile")),
-            "hydra.overrides": _overrides(cfg),
+            "hydra.overrides": _overrides(),
             "run_id": cfg.run_id,
             "world_size": str(setup.trainer.args.world_size),
             **cfg.logger.tags,

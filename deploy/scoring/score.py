@@ -37,7 +37,6 @@ if (Path(__file__).resolve().parent / "common").is_dir():
 import logging
 import os
 import threading
-from dataclasses import replace
 from typing import Any
 
 from common.generation import Generator
@@ -77,9 +76,9 @@ class ChatModel(Generator):
         self.name = uri.removeprefix("models:/") if uri.startswith("models:/") else Path(uri.rstrip("/")).name
         self._lock = threading.Lock()
 
-    def answer_batch(self, conversations: list[list[dict]], generate: dict, stop: list[str]) -> list[dict]:
+    def answer_prompts(self, prompts: list[list[int]], generate: dict, stop: list[str]) -> list[dict]:
         with self._lock:
-            return super().answer_batch(conversations, generate, stop)
+            return super().answer_prompts(prompts, generate, stop)
 
 
 class Scorer:
@@ -87,19 +86,16 @@ class Scorer:
 
     def __init__(self, chat_model: ChatModel, limits: RequestLimits | None = None):
         self.chat_model = chat_model
-        limits = limits or RequestLimits()
-        if limits.max_prompt_chars is None:
-            limits = replace(limits, max_prompt_chars=chat_model.max_prompt_chars)
-        self.limits = limits
+        self.limits = chat_model.request_limits(limits)
 
     def handle(self, payload: Any) -> tuple[int, Any]:
         try:
             request = parse_request(payload, self.limits)
-            for conversation in request.conversations:  # prompt + answer must fit the context
-                self.chat_model.checked_prompt_ids(conversation, request.generate["max_new_tokens"])
+            max_new_tokens = request.generate["max_new_tokens"]  # prompt + answer must fit the context
+            prompts = [self.chat_model.checked_prompt_ids(c, max_new_tokens) for c in request.conversations]
         except BadRequest as e:
             return e.status, e.body()
-        answers = [self.chat_model.answer(c, request.generate, request.stop) for c in request.conversations]
+        answers = [self.chat_model.answer_prompts([p], request.generate, request.stop)[0] for p in prompts]
         return 200, format_response(request, answers, self.chat_model.name)
 
 

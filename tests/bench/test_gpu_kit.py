@@ -17,18 +17,14 @@ from pathlib import Path
 import pytest
 
 from common.paths import PROJECT_ROOT
+from tests.train.test_azureml_environment import pins
 
 KIT_LIST = PROJECT_ROOT / "bench" / "gpu_kit.txt"
 NOT_IN_CONSTRAINTS = {"liger-kernel"}  # Triton kernels for the `liger` knob: GPU only
 
 
-def pins(path: Path) -> dict[str, str]:
-    lines = (line.split("#")[0].strip() for line in path.read_text().splitlines())
-    return {name.lower(): version for name, version in (line.split("==") for line in lines if line)}
-
-
 def test_the_kit_carries_the_versions_of_constraints_txt():
-    kit, constraints = pins(KIT_LIST), pins(PROJECT_ROOT / "constraints.txt")
+    kit, constraints = pins(KIT_LIST.read_text()), pins((PROJECT_ROOT / "constraints.txt").read_text())
     assert {name: constraints.get(name) for name in kit if name not in NOT_IN_CONSTRAINTS} == {
         name: version for name, version in kit.items() if name not in NOT_IN_CONSTRAINTS
     }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import pytest
@@ -75,7 +74,6 @@ def log_model(
                 {},
             )
     finally:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)  # set_tracking_uri exported it
         mlflow.set_tracking_uri(None)
     return Registered(uri, f"models:/{name}/{version.version}", run.info.run_id, model_dir)
 
@@ -120,5 +118,7 @@ def trained_pair(tmp_path_factory, tiny_cache) -> TrainedPair:
         with open_dict(cfg):
             cfg.paths.output_dir = str(tmp / "outputs" / run_name)
         run(cfg)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)  # the recipe's set_tracking_uri exported it
+    import mlflow
+
+    mlflow.set_tracking_uri(None)  # the recipe set it (a module global, and exported)
     return TrainedPair(tracking_uri, str(tmp / "outputs"))

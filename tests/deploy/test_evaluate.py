@@ -237,7 +237,7 @@ def test_an_evaluation_logs_through_a_tracking_server_that_answers_as_azure_s(tm
         )
         version = client.get_model_version("tiny-phi3-sft", "1")
     finally:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)  # find_model's set_tracking_uri exported it
+        mlflow.set_tracking_uri(None)  # find_model set it (a module global, and exported)
         proxy.close()
         server.stop()
     assert not [path for _, path in proxy.seen[first_request:] if LOGGED_MODELS in path]

@@ -3,8 +3,6 @@ renders the same ids, and template, EOS or parameter drift stops the deploy with
 
 from __future__ import annotations
 
-import os
-
 import mlflow
 import pytest
 from omegaconf import OmegaConf
@@ -18,7 +16,6 @@ from tests.deploy.conftest import log_model, training_tokenizer
 def tracking(registered):
     mlflow.set_tracking_uri(registered.tracking_uri)
     yield registered
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
     mlflow.set_tracking_uri(None)
 
 
@@ -92,7 +89,6 @@ def test_template_drift_blocks_the_deploy(registered, tmp_path):
                 cfg, registry.resolve(cfg.model, mlflow.MlflowClient(), "unused", False)
             )
     finally:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
         mlflow.set_tracking_uri(None)
 
 

@@ -36,7 +36,6 @@ def server(registered, tmp_path_factory):
     try:
         mlflow.artifacts.download_artifacts(registered.uri, dst_path=str(model_dir / "model"))
     finally:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)  # set_tracking_uri exported it
         mlflow.set_tracking_uri(None)
     # The server starts in AML_APP_ROOT with the entry script below it: neither the cwd nor
     # AML_APP_ROOT is the snapshot's folder, so `common` imports only through score.py's own bootstrap.

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 
 import mlflow
 import pytest
@@ -181,7 +180,6 @@ def scorer(registered):
     try:
         score.init(registered.uri)
     finally:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
         mlflow.set_tracking_uri(None)
     yield score._scorer
     score._scorer = None

@@ -4,8 +4,6 @@ a model that deploy can load, through the code path an Azure ML job uses."""
 
 from __future__ import annotations
 
-import os
-
 import mlflow
 import pytest
 from mlflow.exceptions import MlflowException
@@ -78,7 +76,6 @@ def test_python_m_train_logs_and_registers_a_model_deploy_loads(azure_like, tmp_
             {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
         )
     finally:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)  # set_tracking_uri exported it
         mlflow.set_tracking_uri(None)
     assert (tmp_path / "dl" / "MLmodel").is_file() and model_dir
     assert status == 200 and answer["object"] == "chat.completion"

@@ -221,7 +221,6 @@ def test_fsdp2_shards_trains_like_ddp_and_its_gathered_model_registers(tmp_path)
             )
         registered = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
     finally:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)  # set_tracking_uri exported it
         mlflow.set_tracking_uri(None)
     response = registered.predict({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
     response = response[0] if isinstance(response, list) else response

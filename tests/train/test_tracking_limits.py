@@ -3,8 +3,6 @@ config that would break one stops with a message naming it, before the server re
 
 from __future__ import annotations
 
-import os
-
 import mlflow
 import pytest
 from omegaconf import OmegaConf, open_dict
@@ -54,6 +52,5 @@ def test_the_51st_metric_name_stops_with_the_names_not_a_refused_batch(tmp_path)
         mlflow.flush_async_logging()
         logged = mlflow.MlflowClient().get_run(run.info.run_id).data.metrics
     finally:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)  # set_tracking_uri exported it
         mlflow.set_tracking_uri(None)
     assert len(logged) == 50 and "m39" not in logged

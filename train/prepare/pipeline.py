@@ -269,6 +269,7 @@ def _fit(
     # The longest run of whole turns that ends with an assistant reply and fits: every token of
     # it is trained on as written, and the model still learns where replies end.
     ends = [i + 1 for i, m in enumerate(messages) if m["role"] == "assistant"]
+    encoded = item.encoded  # the first exchange when the row is one; else the loop's last try
     for end in reversed([e for e in ends if e < len(messages)]):
         encoded = tokenizer.encode([messages[:end]])[0]
         if len(encoded.input_ids) <= max_length:
@@ -279,7 +280,6 @@ def _fit(
     prompt = tokenizer.prompt_length(messages)
     if prompt >= max_length:
         return None, f"the prompt alone is {prompt} tokens, so no reply token would be trained"
-    encoded = tokenizer.encode([messages[: ends[0]]])[0]
     cut = Encoded(encoded.input_ids[:max_length], encoded.labels[:max_length], encoded.problem)
     stats.cut_at_max_length += 1
     return Item(item.origin, messages[: ends[0]], cut), ""

@@ -129,7 +129,6 @@ class ChatTokenizer:
 
     def fingerprint(self) -> str:
         """Changes whenever the ids or labels for the same conversation could change."""
-        self.check_template()
         tok = self.tokenizer
         parts = {
             "class": type(tok).__name__,
