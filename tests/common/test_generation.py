@@ -8,8 +8,7 @@ from transformers import AutoTokenizer
 
 from common.generation import longest_token_chars
 from common.paths import PROJECT_ROOT
-
-PHI3_VOCAB = PROJECT_ROOT.parent / "shared" / "models" / "phi3-vocab"
+from tests.tiny_families import PHI3_VOCAB
 
 
 def phi3_tokenizer():

@@ -11,16 +11,13 @@ from pathlib import Path
 import pytest
 from azure.ai.ml import MLClient
 from azure.ai.ml.entities import Model
-from azure.core.credentials import AccessToken
 from azure.core.exceptions import ResourceNotFoundError
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-import deploy.__main__  # noqa: F401  (registers the project_root resolver)
-from common.paths import PROJECT_ROOT
 from deploy import actions, azureml
 from deploy import environment as environment_module
 from deploy.registry import ModelRef
+from tests.deploy.conftest import compose_deploy
+from tests.fake_arm import FakeCredential
 
 IDENTITY = (
     "/subscriptions/0000/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/phi-uai"
@@ -35,17 +32,9 @@ COMPLETION = {
 
 
 def deploy_config(*overrides: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf" / "deploy"), version_base="1.3"):
-        return compose(
-            "deploy",
-            overrides=["target=azureml", f"target.endpoint.user_assigned_identity_id={IDENTITY}", *overrides],
-        )
-
-
-class FakeCredential:
-    def get_token(self, *scopes, **kwargs):
-        return AccessToken("fake", 2**31)
+    return compose_deploy(
+        "target=azureml", f"target.endpoint.user_assigned_identity_id={IDENTITY}", *overrides
+    )
 
 
 class Done:

@@ -13,12 +13,9 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 from azure.ai.ml import MLClient
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-import deploy.__main__  # noqa: F401  (registers the project_root resolver)
-from common.paths import PROJECT_ROOT
 from deploy import azureml
+from tests.deploy.conftest import compose_deploy
 from tests.fake_arm import RESOURCE_GROUP, SUBSCRIPTION, ArmStandIn, FakeCredential, workspace_body
 
 IDENTITY = f"{RESOURCE_GROUP}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/phi-uai"
@@ -96,17 +93,11 @@ def arm(first_page: list[dict], second_page: list[dict], assignments_status: int
 
 
 def endpoint_cfg(identity_type: str = "user_assigned"):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf" / "deploy"), version_base="1.3"):
-        cfg = compose(
-            "deploy",
-            overrides=[
-                "target=azureml",
-                f"target.endpoint.user_assigned_identity_id={IDENTITY}",
-                f"target.endpoint.identity_type={identity_type}",
-            ],
-        )
-    return cfg.target.endpoint
+    return compose_deploy(
+        "target=azureml",
+        f"target.endpoint.user_assigned_identity_id={IDENTITY}",
+        f"target.endpoint.identity_type={identity_type}",
+    ).target.endpoint
 
 
 def preflight(stand_in: ArmStandIn):

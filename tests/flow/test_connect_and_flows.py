@@ -57,7 +57,7 @@ def test_local_connection_keeps_the_key_secret(pf, local_connection, fake_endpoi
     assert pf.connections.get(stored.name, with_secrets=True).secrets["key"] == KEY
     # The local server also speaks OpenAI's API: an OpenAIConnection for promptflow's LLM tool.
     openai = pf.connections.get("finetune_phi_openai", with_secrets=True)
-    port = fake_endpoint.url.split(":")[2].split("/")[0]
+    port, _ = port_and_route(fake_endpoint.url)
     assert (openai.type, openai.base_url, openai.api_key) == ("OpenAI", f"http://127.0.0.1:{port}/v1", KEY)
     # Encrypted at rest: the plain key is in no file of promptflow's home.
     for path in isolated_promptflow_home.rglob("*"):

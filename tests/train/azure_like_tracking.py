@@ -22,11 +22,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from deploy.local import wait_for_health
 
 LIMITS = {"Parameters": 200, "MetricNames": 50, "Tags": 50}
 MAX_METRIC_ROWS_PER_BATCH = 250
@@ -164,18 +164,11 @@ class MlflowServer:
             self.process = subprocess.Popen(
                 [*command, "--workers", "1"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2):
-                    return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(
-                        f"mlflow server did not start:\n{self.log.read_text()[-3000:]}"
-                    ) from None
-                time.sleep(0.5)
+        try:
+            wait_for_health(self.url, self.process, timeout=120)  # mlflow server answers /health too
+        except (RuntimeError, TimeoutError):
+            self.stop()
+            raise RuntimeError(f"mlflow server did not start:\n{self.log.read_text()[-3000:]}") from None
 
     def stop(self):
         if self.process.poll() is None:

@@ -3,36 +3,19 @@ plugin. Checked offline with the installed (pinned) mlflow and azureml-mlflow.""
 
 from __future__ import annotations
 
-import base64
 import importlib.metadata
-import json
 import socket
-import time
 
 import mlflow
 import pytest
 from packaging.requirements import Requirement
 
 from common.paths import PROJECT_ROOT
+from tests.fake_arm import WORKSPACE, unsigned_jwt  # azureml-mlflow decodes the job token only for exp
 from tests.train.test_azureml_environment import pins
 
-WORKSPACE = (
-    "subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/"
-    "Microsoft.MachineLearningServices/workspaces/ws"
-)
-TRACKING_URI = f"azureml://westeurope.api.azureml.ms/mlflow/v1.0/{WORKSPACE}"
-RUN_ARTIFACTS = (
-    f"azureml://westeurope.api.azureml.ms/mlflow/v2.0/{WORKSPACE}/experiments/e1/runs/r1/artifacts"
-)
-
-
-def unsigned_jwt() -> str:
-    """A token shaped like the job's: azureml-mlflow only decodes it, unverified, for `exp`."""
-
-    def part(d: dict) -> str:
-        return base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
-
-    return f"{part({'alg': 'none'})}.{part({'exp': int(time.time()) + 3600})}.c2ln"
+TRACKING_URI = f"azureml://westeurope.api.azureml.ms/mlflow/v1.0{WORKSPACE}"
+RUN_ARTIFACTS = f"azureml://westeurope.api.azureml.ms/mlflow/v2.0{WORKSPACE}/experiments/e1/runs/r1/artifacts"
 
 
 @pytest.fixture
