@@ -46,7 +46,7 @@ import torch
 from omegaconf import DictConfig
 
 from train.config import ModelDtype, PeftMethod, TrainingMethod
-from train.model import ConfigError, lora_config
+from train.model import ConfigError, loads_in_4bit, lora_config
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def estimate_memory(cfg: DictConfig, config, counts: dict[str, int]) -> dict[str
         weights = total * dtype_bytes
     else:
         param_bytes = LORA_BYTES
-        if method == PeftMethod.qlora or cfg.peft.load_in_4bit:
+        if loads_in_4bit(cfg.peft):
             linear = counts["decoder_linear"]
             per_weight = NF4_BYTES + NF4_CONSTANT_BYTES[bool(cfg.peft.bnb_4bit_use_double_quant)]
             base = linear * per_weight + (total - linear) * 2
@@ -257,7 +257,7 @@ def count_tokens(cfg: DictConfig) -> tuple[int | None, int | None, str]:
 
 def _method(peft_cfg) -> TrainingMethod:
     """What `hardware.tokens_per_second` was measured with for this config."""
-    if peft_cfg.method == PeftMethod.qlora or peft_cfg.load_in_4bit:
+    if loads_in_4bit(peft_cfg):
         return TrainingMethod.qlora
     return TrainingMethod.full if peft_cfg.method == PeftMethod.none else TrainingMethod.lora
 

@@ -54,9 +54,14 @@ def resolve_dtype(requested: ModelDtype) -> torch.dtype:
     return getattr(torch, requested)
 
 
+def loads_in_4bit(peft_cfg) -> bool:
+    """QLoRA, or any method with `peft.load_in_4bit`: the base weights load as NF4 (bitsandbytes)."""
+    return peft_cfg.method == PeftMethod.qlora or bool(peft_cfg.load_in_4bit)
+
+
 def check_peft_hardware(peft_cfg) -> None:
     """Fail before anything large is loaded when the PEFT method cannot run here."""
-    if (peft_cfg.method == PeftMethod.qlora or peft_cfg.load_in_4bit) and not torch.cuda.is_available():
+    if loads_in_4bit(peft_cfg) and not torch.cuda.is_available():
         raise ConfigError(
             "peft=qlora quantises the base model to 4 bits with bitsandbytes, which needs a "
             "CUDA GPU and none is visible here. Use peft=lora (or peft=none) on this machine, "
@@ -213,7 +218,7 @@ def choose_pad_token(tokenizer, wanted: str, rows: int, stops: list[int]) -> tup
 
 
 def quantization_config(peft_cfg):
-    if not (peft_cfg.method == PeftMethod.qlora or peft_cfg.load_in_4bit):
+    if not loads_in_4bit(peft_cfg):
         return None
     from transformers import BitsAndBytesConfig
 
