@@ -19,8 +19,8 @@ from deploy.config import register_configs
 from deploy.evaluate import EvaluationError
 from deploy.gate import GateError, PromotionRefused
 from deploy.lm_eval_tasks import TaskError
-from deploy.parity import ParityError
-from deploy.registry import ModelNotFound
+from deploy.registry.find import ModelNotFound
+from deploy.registry.parity import ParityError
 
 # Errors that mean "the request or the setup is wrong" (or the gate said no), not a bug: a
 # message and exit status 1, no traceback.

@@ -11,60 +11,13 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from common.azure_workspace import WorkspaceSettings, endpoint_credentials, ml_client
-from deploy import chat, evaluate, gate, registry
+from deploy import chat, evaluate, gate
 from deploy.config import Action
+from deploy.registry import find as registry
+from deploy.registry.find import find_model, registry_version, training_run_id
+from deploy.registry.load import load_checked_model
 
 log = logging.getLogger(__name__)
-
-
-def find_model(cfg, for_azureml: bool) -> registry.ModelRef:
-    mlflow.set_tracking_uri(cfg.tracking_uri)
-    needs_registry = not (cfg.model.get("uri") or cfg.model.get("azureml_job"))
-    client = MlflowClient() if needs_registry else None
-    return registry.resolve(cfg.model, client, cfg.output_root, for_azureml=for_azureml)
-
-
-def load_checked_model(cfg, ref: registry.ModelRef):
-    """The ChatModel the server will use, after the parity check (unless parity.check=false)."""
-    from deploy import parity
-    from deploy.scoring.score import ChatModel
-
-    uri = ref.uri if not ref.uri.startswith("azureml://") else f"runs:/{ref.azureml_job}/model"
-    if ref.azureml_job and not cfg.tracking_uri.startswith("azureml:"):
-        raise parity.ParityError(
-            f"the parity check loads the job's model ({uri}) through MLflow: set MLFLOW_TRACKING_URI to the "
-            "workspace's (`az ml workspace show --query mlflow_tracking_uri -o tsv`), or skip it: parity.check=false"
-        )
-    print(f"loading {uri} ...", flush=True)
-    chat_model = ChatModel(uri)
-    if cfg.parity.check:
-        training = None
-        run_id = training_run_id(ref)
-        if run_id:
-            training = parity.download_training_tokenizer_info(
-                run_id, tempfile.mkdtemp(prefix="finetune-phi-tok-")
-            )
-        for note in parity.check(chat_model, training):
-            print(f"parity: {note}", flush=True)
-    return chat_model
-
-
-def training_run_id(ref: registry.ModelRef) -> str | None:
-    """The MLflow run that produced the model (an Azure ML job's name is its run id), if known."""
-    if ref.azureml_job:
-        return ref.azureml_job
-    if (registered := registry_version(ref)) is not None:
-        return registered.run_id
-    if ref.uri.startswith("runs:/"):
-        return ref.uri.split("/")[1]
-    return None
-
-
-def registry_version(ref: registry.ModelRef):
-    """The registry's ModelVersion of a `models:/` reference, else None."""
-    if ref.uri.startswith("models:/") and ref.version:
-        return MlflowClient().get_model_version(ref.name, ref.version)
-    return None
 
 
 def evaluation_tags(cfg, ref: registry.ModelRef, run_id: str | None, source: str) -> dict[str, str]:
@@ -82,7 +35,7 @@ def evaluation_tags(cfg, ref: registry.ModelRef, run_id: str | None, source: str
 def evaluate_model(cfg, ref: registry.ModelRef, cases, source: str, label: str) -> evaluate.Evaluation:
     """`ref` loaded as the server loads it, evaluated on `cases`, logged in its training run's
     experiment (when that run is reachable) and its version tagged."""
-    chat_model = load_checked_model(cfg, ref)
+    chat_model = load_checked_model(ref, cfg.tracking_uri, cfg.parity.check)
     evaluation = evaluate.evaluate_in_process(chat_model, cases, cfg.eval, label)
     del chat_model  # before a second model loads (promote)
     registered = registry_version(ref)
@@ -99,7 +52,7 @@ def evaluate_model(cfg, ref: registry.ModelRef, cases, source: str, label: str) 
 
 
 def run_evaluate(cfg) -> evaluate.Evaluation:
-    ref = find_model(cfg, for_azureml=False)
+    ref = find_model(cfg.model, cfg.tracking_uri, cfg.output_root, for_azureml=False)
     cases, source = evaluate.held_out_cases(cfg.eval, training_run_id(ref), cfg.eval.max_rows)
     label = f"v{ref.version}" if ref.version else ref.name
     print(f"evaluating {ref.uri} on {len(cases)} conversations from {source} ...", flush=True)
@@ -222,7 +175,8 @@ def run(cfg, client=None) -> object:
 
         from deploy import local
 
-        chat_model = load_checked_model(cfg, find_model(cfg, for_azureml=False))
+        ref = find_model(cfg.model, cfg.tracking_uri, cfg.output_root, for_azureml=False)
+        chat_model = load_checked_model(ref, cfg.tracking_uri, cfg.parity.check)
         target = OmegaConf.to_object(cfg.target)  # the LocalTarget dataclass, with its limits and settings
         return local.serve(chat_model, target.limits, target.server, port=int(cfg.port), key_env=cfg.key_env)
 
@@ -243,9 +197,9 @@ def run(cfg, client=None) -> object:
         )
         print(message)
         return message
-    ref = find_model(cfg, for_azureml=True)
+    ref = find_model(cfg.model, cfg.tracking_uri, cfg.output_root, for_azureml=True)
     if cfg.parity.check:
-        load_checked_model(cfg, ref)
+        load_checked_model(ref, cfg.tracking_uri, cfg.parity.check)
     return deploy_azureml(cfg, client, ref)
 
 
@@ -262,8 +216,10 @@ def run_chat(cfg, client=None):
     else:
         from deploy.scoring.score import Scorer
 
-        ref = find_model(cfg, for_azureml=False)
+        ref = find_model(cfg.model, cfg.tracking_uri, cfg.output_root, for_azureml=False)
         url = ref.uri
-        answer = chat.scorer_answer(Scorer(load_checked_model(cfg, ref)), params)
+        answer = chat.scorer_answer(
+            Scorer(load_checked_model(ref, cfg.tracking_uri, cfg.parity.check)), params
+        )
     print("chatting with", url, "(/reset to start over, /exit or Ctrl-D to leave)")
     return chat.chat_loop(answer, chat.stdin_lines(), system=cfg.chat.system)

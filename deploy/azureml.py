@@ -43,7 +43,7 @@ from common.azure_arm import arm_client, arm_error, arm_list, arm_request
 from common.paths import PROJECT_ROOT
 from common.payloads import Shape, parse_answer
 from deploy.config import IdentityType, OnFailure
-from deploy.registry import ModelRef
+from deploy.registry.find import ModelRef
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import urllib.request
 import mlflow
 import pytest
 
-from deploy import parity
 from deploy.local import serve_in_background
+from deploy.registry import parity
 from deploy.scoring.score import ChatModel
 from tests.conftest import compose_config
 from train.recipe import run

@@ -15,7 +15,7 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from deploy import actions, azureml
 from deploy import environment as environment_module
-from deploy.registry import ModelRef
+from deploy.registry.find import ModelRef
 from tests.deploy.conftest import compose_deploy
 from tests.fake_arm import FakeCredential
 

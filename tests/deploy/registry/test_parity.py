@@ -7,7 +7,9 @@ import mlflow
 import pytest
 from omegaconf import OmegaConf
 
-from deploy import actions, parity, registry
+from deploy.registry import find as registry
+from deploy.registry import parity
+from deploy.registry.load import load_checked_model
 from deploy.scoring.score import ChatModel
 from tests.deploy.conftest import log_model, training_tokenizer
 
@@ -85,8 +87,10 @@ def test_template_drift_blocks_the_deploy(registered, tmp_path):
         with pytest.raises(
             parity.ParityError, match="training template vs serving: token ids differ at position"
         ):
-            actions.load_checked_model(
-                cfg, registry.resolve(cfg.model, mlflow.MlflowClient(), "unused", False)
+            load_checked_model(
+                registry.resolve(cfg.model, mlflow.MlflowClient(), "unused", False),
+                cfg.tracking_uri,
+                cfg.parity.check,
             )
     finally:
         mlflow.set_tracking_uri(None)

@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 from mlflow.tracking import MlflowClient
 
 LAST_JOB_RECORD = Path("azureml") / "last_job.json"
@@ -117,3 +118,29 @@ def resolve(model_cfg, client: MlflowClient | None, output_root: str | Path, for
         raise ValueError("an MLflow client is needed to look up registered models")
     name, alias = model_cfg.name, model_cfg.get("alias")
     return version_ref(name, registered_version(client, name, model_cfg.get("version"), alias), alias)
+
+
+def find_model(model_cfg, tracking_uri: str, output_root: str | Path, for_azureml: bool) -> ModelRef:
+    """`resolve` against the MLflow store at `tracking_uri` (the registry only when it is needed)."""
+    mlflow.set_tracking_uri(tracking_uri)
+    needs_registry = not (model_cfg.get("uri") or model_cfg.get("azureml_job"))
+    client = MlflowClient() if needs_registry else None
+    return resolve(model_cfg, client, output_root, for_azureml=for_azureml)
+
+
+def registry_version(ref: ModelRef):
+    """The registry's ModelVersion of a `models:/` reference, else None."""
+    if ref.uri.startswith("models:/") and ref.version:
+        return MlflowClient().get_model_version(ref.name, ref.version)
+    return None
+
+
+def training_run_id(ref: ModelRef) -> str | None:
+    """The MLflow run that produced the model (an Azure ML job's name is its run id), if known."""
+    if ref.azureml_job:
+        return ref.azureml_job
+    if (registered := registry_version(ref)) is not None:
+        return registered.run_id
+    if ref.uri.startswith("runs:/"):
+        return ref.uri.split("/")[1]
+    return None

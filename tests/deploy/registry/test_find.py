@@ -1,4 +1,4 @@
-"""deploy finds registered versions by number, alias or latest, and chats with history."""
+"""deploy finds registered versions by number, alias or latest."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from deploy.chat import chat_loop
-from deploy.registry import ModelNotFound, ModelRef, model_uri, resolve
+from deploy.registry.find import ModelNotFound, ModelRef, alias_holder, model_uri, resolve
 
 
 @pytest.fixture(scope="module")
@@ -41,20 +40,6 @@ def test_missing_name_or_version_says_what_exists(client):
         model_uri(client, "m", alias="challenger")
     with pytest.raises(ModelNotFound, match=r"\[1, 2, 3\]"):
         model_uri(client, "m", version=7)
-
-
-def test_chat_sends_the_whole_history_and_resets():
-    seen = []
-
-    def answer(messages):
-        seen.append([m["content"] for m in messages])
-        return f"a{len(seen)}"
-
-    out = []
-    final = chat_loop(answer, ["hi", "again", "/reset", "fresh"], write=out.append, system="be brief")
-    assert seen == [["be brief", "hi"], ["be brief", "hi", "a1", "again"], ["be brief", "fresh"]]
-    assert out == ["assistant> a1", "assistant> a2", "(conversation reset)", "assistant> a3"]
-    assert final[-1] == {"role": "assistant", "content": "a3"}
 
 
 def model_cfg(**keys):
@@ -92,41 +77,6 @@ def test_azureml_job_by_name_or_the_last_one_training_submitted(tmp_path):
     )
 
 
-def test_deploy_config_composes_for_both_targets_and_rejects_bad_actions():
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import ConfigCompositionException
-
-    import deploy.__main__  # noqa: F401  (registers the project_root resolver)
-    from common.paths import PROJECT_ROOT
-    from deploy import actions
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf" / "deploy"), version_base="1.3"):
-        local = compose("deploy", overrides=["port=8001"])
-        azure = compose(
-            "deploy", overrides=["target=azureml", "target.deployment.instance_type=Standard_NC24ads_A100_v4"]
-        )
-        bad = compose("deploy", overrides=["action=status"])
-        for typo, named in (
-            ("action=deplyo", "deplyo"),
-            ("target.endpoint.auth_mode=keys", "keys"),
-            ("target.endpont.name=x", "endpont"),
-            ("+chat.urll=x", "urll"),
-        ):
-            with pytest.raises(ConfigCompositionException) as error:
-                compose("deploy", overrides=["target=azureml", typo])
-            assert named in f"{error.value} {error.value.__cause__}"
-    GlobalHydra.instance().clear()
-    assert (local.target.name, local.port, local.key_env) == ("local", 8001, "FINETUNE_PHI_ENDPOINT_KEY")
-    assert azure.target.deployment.instance_type == "Standard_NC24ads_A100_v4"
-    assert azure.target.endpoint.auth_mode.name == "key" and azure.target.traffic.new_percent == 100
-    with pytest.raises(SystemExit, match="action=status needs target=azureml"):
-        actions.run(bad)
-
-
 def test_alias_holder_is_none_only_when_no_version_holds_it(client):
-    from deploy.registry import alias_holder
-
     assert alias_holder(client, "m", "champion") == "2"
     assert alias_holder(client, "m", "challenger") is None

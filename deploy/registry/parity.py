@@ -109,20 +109,44 @@ def check(chat_model: ChatModel, training: dict | None) -> list[str]:
 
     `training`: `training_tokenizer_info(...)`, or None to skip that side (noted).
     """
-    tokenizer = chat_model.tokenizer
-    problems: list[str] = []
     notes: list[str] = []
-
     if training is None:
         notes.append(
             "no training tokenizer artifacts (tokenizer/) in the run: template compared with MLflow only"
         )
-    else:
-        for name, logged in training["special_tokens"].items():
-            served = {"token": getattr(tokenizer, name, None), "id": getattr(tokenizer, f"{name}_id", None)}
-            if served != logged:
-                problems.append(f"special token {name}: training {logged}, serving {served}")
+    stop_problem, stop_note = stop_check(chat_model, training)
+    problems = [
+        *special_token_problems(chat_model.tokenizer, training),
+        *rendering_problems(chat_model, training),
+        *([stop_problem] if stop_problem else []),
+        *parameter_problems(chat_model),
+    ]
+    if problems:
+        raise ParityError("training/serving parity check failed:\n  - " + "\n  - ".join(problems))
+    renderings = 3 if training is not None else 2
+    notes.append(stop_note)
+    notes.append(
+        f"{len(PROBE_CONVERSATIONS)} conversations x {renderings} renderings and {len(PROBE_PARAMS)} parameter sets agree"
+    )
+    return notes
 
+
+def special_token_problems(tokenizer, training: dict | None) -> list[str]:
+    """Each special token training logged that the served tokenizer names or numbers differently."""
+    if training is None:
+        return []
+    problems = []
+    for name, logged in training["special_tokens"].items():
+        served = {"token": getattr(tokenizer, name, None), "id": getattr(tokenizer, f"{name}_id", None)}
+        if served != logged:
+            problems.append(f"special token {name}: training {logged}, serving {served}")
+    return problems
+
+
+def rendering_problems(chat_model: ChatModel, training: dict | None) -> list[str]:
+    """Each probe whose serving prompt ids differ from training's template or MLflow's rendering."""
+    tokenizer = chat_model.tokenizer
+    problems = []
     for i, messages in enumerate(PROBE_CONVERSATIONS):
         served = chat_model.prompt_ids(messages)
         if training is not None:
@@ -139,8 +163,13 @@ def check(chat_model: ChatModel, training: dict | None) -> list[str]:
             problems.append(
                 _diff(f"probe {i}: MLflow pyfunc rendering vs serving", via_mlflow, served, tokenizer)
             )
+    return problems
 
-    # Where an answer ends: the token training's template closes an assistant turn with.
+
+def stop_check(chat_model: ChatModel, training: dict | None) -> tuple[str | None, str | None]:
+    """(problem, note) about where an answer ends: the token training's template closes an
+    assistant turn with must be one generation stops at."""
+    tokenizer = chat_model.tokenizer
     messages = PROBE_CONVERSATIONS[0]
     template = training["chat_template"] if training else None
     full = tokenizer.apply_chat_template(
@@ -149,22 +178,23 @@ def check(chat_model: ChatModel, training: dict | None) -> list[str]:
     prompt = chat_model.prompt_ids(messages)
     end = end_of_turn_id(tokenizer, template)
     if full[: len(prompt)] != prompt:
-        problems.append(
-            _diff("a training sequence does not start with the serving prompt", full, prompt, tokenizer)
-        )
-    elif end is None:
-        problems.append(
-            "training sequences end assistant turns with no special token: generation cannot stop"
-        )
-    elif end not in chat_model.eos_token_ids:
-        problems.append(
+        return _diff(
+            "a training sequence does not start with the serving prompt", full, prompt, tokenizer
+        ), None
+    if end is None:
+        return "training sequences end assistant turns with no special token: generation cannot stop", None
+    if end not in chat_model.eos_token_ids:
+        return (
             f"training ends assistant turns with {tokenizer.convert_ids_to_tokens(end)!r} (id {end}) "
             f"but generation stops at ids {chat_model.eos_token_ids}: answers would run on; set the model's "
             "generation_config.eos_token_id before logging it"
-        )
-    else:
-        notes.append(f"answers stop at {tokenizer.convert_ids_to_tokens(end)!r}, as in training")
+        ), None
+    return None, f"answers stop at {tokenizer.convert_ids_to_tokens(end)!r}, as in training"
 
+
+def parameter_problems(chat_model: ChatModel) -> list[str]:
+    """Each probe request whose parameters map to, or reach `model.generate` as, something else."""
+    problems = []
     for params, expected in PROBE_PARAMS:
         mapped, _ = generation_kwargs(params)
         if mapped != expected:
@@ -173,14 +203,7 @@ def check(chat_model: ChatModel, training: dict | None) -> list[str]:
         sent = {k: reached.get(k) for k in expected}
         if sent != expected or reached.get("eos_token_id") != chat_model.eos_token_ids:
             problems.append(f"params {params}: model.generate received {reached}, expected {expected}")
-
-    if problems:
-        raise ParityError("training/serving parity check failed:\n  - " + "\n  - ".join(problems))
-    renderings = 3 if training is not None else 2
-    notes.append(
-        f"{len(PROBE_CONVERSATIONS)} conversations x {renderings} renderings and {len(PROBE_PARAMS)} parameter sets agree"
-    )
-    return notes
+    return problems
 
 
 def _diff(what: str, a: list[int], b: list[int], tokenizer) -> str:
