@@ -16,9 +16,9 @@ from common.paths import PROJECT_ROOT
 from deploy.actions import run
 from deploy.azureml import DeployError
 from deploy.config import register_configs
-from deploy.evaluate import EvaluationError
-from deploy.gate import GateError, PromotionRefused
-from deploy.lm_eval_tasks import TaskError
+from deploy.evaluate.cases import EvaluationError
+from deploy.evaluate.gate import GateError, PromotionRefused
+from deploy.evaluate.lm_eval_tasks import TaskError
 from deploy.registry.find import ModelNotFound
 from deploy.registry.parity import ParityError
 

@@ -7,111 +7,18 @@ import os
 import tempfile
 from pathlib import Path
 
-import mlflow
-from mlflow.tracking import MlflowClient
-
 from common.azure_workspace import WorkspaceSettings, endpoint_credentials, ml_client
-from deploy import chat, evaluate, gate
+from deploy import chat
 from deploy.config import Action
+from deploy.evaluate.cases import EvaluationError, held_out_cases
+from deploy.evaluate.evaluate import run_evaluate
+from deploy.evaluate.promote import run_promote
+from deploy.evaluate.tracking import evaluation_tags, experiment_of
 from deploy.registry import find as registry
-from deploy.registry.find import find_model, registry_version, training_run_id
+from deploy.registry.find import find_model, training_run_id
 from deploy.registry.load import load_checked_model
 
 log = logging.getLogger(__name__)
-
-
-def evaluation_tags(cfg, ref: registry.ModelRef, run_id: str | None, source: str) -> dict[str, str]:
-    """What an evaluation run is of: the model, its training run, the conversations and settings."""
-    return {
-        "eval.model_name": ref.name,
-        "eval.model_version": str(ref.version or ""),
-        "eval.model_uri": ref.uri,
-        "eval.training_run_id": run_id or "",
-        "eval.source": source,
-        "eval.max_new_tokens": str(cfg.eval.max_new_tokens),
-    }
-
-
-def evaluate_model(cfg, ref: registry.ModelRef, cases, source: str, label: str) -> evaluate.Evaluation:
-    """`ref` loaded as the server loads it, evaluated on `cases`, logged in its training run's
-    experiment (when that run is reachable) and its version tagged."""
-    chat_model = load_checked_model(ref, cfg.tracking_uri, cfg.parity.check)
-    evaluation = evaluate.evaluate_in_process(chat_model, cases, cfg.eval, label)
-    del chat_model  # before a second model loads (promote)
-    registered = registry_version(ref)
-    run_id = registered.run_id if registered is not None else training_run_id(ref)
-    experiment_id = evaluate.experiment_of(run_id)
-    if experiment_id is None:
-        print(
-            f"{label}: its training run is not in {cfg.tracking_uri}: the evaluation is printed, not logged"
-        )
-        return evaluation
-    tags = evaluation_tags(cfg, ref, run_id, source)
-    evaluate.log_evaluation(evaluation, experiment_id, tags, registered)
-    return evaluation
-
-
-def run_evaluate(cfg) -> evaluate.Evaluation:
-    ref = find_model(cfg.model, cfg.tracking_uri, cfg.output_root, for_azureml=False)
-    cases, source = evaluate.held_out_cases(cfg.eval, training_run_id(ref), cfg.eval.max_rows)
-    label = f"v{ref.version}" if ref.version else ref.name
-    print(f"evaluating {ref.uri} on {len(cases)} conversations from {source} ...", flush=True)
-    evaluation = evaluate_model(cfg, ref, cases, source, label)
-    print(evaluate.metrics_table(evaluation), evaluate.answers_table(evaluation.rows), sep="\n\n")
-    if evaluation.run_id:
-        print(f"\nevaluation run {evaluation.run_id}: mlflow ui --backend-store-uri {cfg.tracking_uri}")
-    return evaluation
-
-
-def run_promote(cfg) -> gate.Comparison | None:
-    """Move `gate.alias` to `model.version` when it is within `gate.tolerance` of the holder, both
-    evaluated here on the same conversations; else raise PromotionRefused, the alias unmoved."""
-    if cfg.model.get("version") is None or cfg.model.get("alias") or cfg.model.get("uri"):
-        raise gate.GateError("action=promote takes a registered version: model.version=N")
-    mlflow.set_tracking_uri(cfg.tracking_uri)
-    client = MlflowClient()
-    name, alias = cfg.model.name, cfg.gate.alias
-    version = registry.registered_version(client, name, cfg.model.version)
-    holder = registry.alias_holder(client, name, alias)
-    if holder == version:
-        print(f"{name} v{version} already holds @{alias}; nothing to do")
-        return None
-    candidate = registry.version_ref(name, version)
-    cases, source = evaluate.held_out_cases(cfg.eval, training_run_id(candidate), cfg.eval.max_rows)
-    print(
-        f"evaluating {name} v{version} against @{alias} ({f'v{holder}' if holder else 'none yet'}) "
-        f"on {len(cases)} conversations from {source} ...",
-        flush=True,
-    )
-    new = evaluate_model(cfg, candidate, cases, source, f"v{version}")
-    old = None
-    if holder is not None:
-        old = evaluate_model(
-            cfg,
-            registry.version_ref(name, holder),
-            cases,
-            source,
-            f"v{holder} @{alias}",
-        )
-    comparison = gate.compare_evaluations(new, old, cfg.gate, missing_baseline="(no holder)")
-    print(comparison.table())
-    if not comparison.passed:
-        if old is not None:
-            print(f"\nwhere v{version} answers worse:\n{evaluate.worse_rows(new.rows, old.rows)}")
-        client.set_model_version_tag(
-            name, version, "gate.refused", f"{alias} v{holder}: {', '.join(comparison.failed)}"
-        )
-        where = f"stays on v{holder}" if holder else "stays unset"
-        raise gate.PromotionRefused(
-            f"v{version} fails the gate on {', '.join(comparison.failed)}; @{alias} {where}"
-        )
-    client.set_registered_model_alias(name, alias, version)
-    client.set_model_version_tag(name, version, "gate.promoted_over", holder or "none")
-    if holder is None:
-        print(f"no version held @{alias} yet: promoted v{version} on its own metrics")
-    else:
-        print(f"promoted: @{alias} moved from v{holder} to v{version}")
-    return comparison
 
 
 def azure_client(cfg, credential=None):
@@ -127,13 +34,13 @@ def deployment_gate(cfg, ref: registry.ModelRef):
         return None
     run_id = training_run_id(ref)
     try:
-        cases, source = evaluate.held_out_cases(cfg.eval, run_id, cfg.gate.azure_rows)
-    except evaluate.EvaluationError as e:
+        cases, source = held_out_cases(cfg.eval, run_id, cfg.gate.azure_rows)
+    except EvaluationError as e:
         raise DeployError(
             f"the blue/green gate has no conversations: {e} (or deploy ungated: gate.azure=false)"
         ) from e
-    tags = evaluation_tags(cfg, ref, run_id, source)
-    return DeploymentGate(cases, cfg.eval, cfg.gate, evaluate.experiment_of(run_id), tags)
+    tags = evaluation_tags(ref, run_id, source, cfg.eval.max_new_tokens)
+    return DeploymentGate(cases, cfg.eval, cfg.gate, experiment_of(run_id), tags)
 
 
 def deploy_azureml(cfg, client, ref: registry.ModelRef) -> dict:

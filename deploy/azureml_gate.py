@@ -6,7 +6,7 @@ of the training run's `data/test.jsonl`, or of `eval.source`) through
 conversation, as a client would send it (system turn and history included; the answer's
 `finish_reason` and `usage` give the stop rate and answer tokens). A request that fails or
 answers something else is a failed row, never dropped. The two are compared with the
-promotion gate's rules (deploy/gate.py, `gate.tolerance`); the table is printed and, where the
+promotion gate's rules (deploy/evaluate/gate.py, `gate.tolerance`); the table is printed and, where the
 training run is reachable, both evaluations are logged as MLflow runs in its experiment, the
 new one carrying the comparison. Traffic moves only if the gate passes (deploy/azureml.py).
 With no live deployment (the first deploy) there is nothing to compare with: the new one is
@@ -27,29 +27,31 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy import evaluate, gate
+from deploy.evaluate import gate
+from deploy.evaluate.answers import answer_row, completion_answer, openai_request
+from deploy.evaluate.cases import Case
+from deploy.evaluate.evaluation import Evaluation, score
+from deploy.evaluate.tracking import log_evaluation
 
 
 def answer_through_deployment(
-    client, endpoint_name: str, deployment: str, cases: list[evaluate.Case], max_new_tokens: int
+    client, endpoint_name: str, deployment: str, cases: list[Case], max_new_tokens: int
 ) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         request_file = Path(tmp) / "request.json"
         for case in cases:
-            request_file.write_text(
-                json.dumps(evaluate.openai_request(case, max_new_tokens)), encoding="utf-8"
-            )
+            request_file.write_text(json.dumps(openai_request(case, max_new_tokens)), encoding="utf-8")
             started = time.perf_counter()
             try:
                 raw = client.online_endpoints.invoke(
                     endpoint_name, request_file=str(request_file), deployment_name=deployment
                 )
-                answer = evaluate.completion_answer(json.loads(raw))
+                answer = completion_answer(json.loads(raw))
             except Exception as e:  # refused, failed or not a chat completion: a failed row
-                rows.append(evaluate.answer_row(case, None, None, f"{type(e).__name__}: {str(e)[:400]}"))
+                rows.append(answer_row(case, None, None, f"{type(e).__name__}: {str(e)[:400]}"))
                 continue
-            rows.append(evaluate.answer_row(case, answer, time.perf_counter() - started))
+            rows.append(answer_row(case, answer, time.perf_counter() - started))
     return rows
 
 
@@ -57,7 +59,7 @@ def answer_through_deployment(
 class DeploymentGate:
     """Called by `deploy.azureml.deploy` after the smoke test; raises PromotionRefused to keep traffic."""
 
-    cases: list[evaluate.Case]
+    cases: list[Case]
     eval_cfg: object  # the `eval` config node: max_new_tokens, judge
     gate_cfg: object  # the `gate` config node: tolerance, tasks_tolerance
     experiment_id: str | None  # the training run's experiment, where the evaluations are logged
@@ -65,11 +67,11 @@ class DeploymentGate:
         str, str
     ]  # what the new deployment's model is and what it answered (actions.evaluation_tags)
 
-    def evaluate(self, client, endpoint_name: str, deployment: str, role: str) -> evaluate.Evaluation:
+    def evaluate(self, client, endpoint_name: str, deployment: str, role: str) -> Evaluation:
         rows = answer_through_deployment(
             client, endpoint_name, deployment, self.cases, self.eval_cfg.max_new_tokens
         )
-        return evaluate.score(f"{deployment} ({role})", rows, self.eval_cfg.judge)
+        return score(f"{deployment} ({role})", rows, self.eval_cfg.judge)
 
     def __call__(self, client, endpoint_name: str, new: str, traffic: Mapping[str, int]) -> gate.Comparison:
         live = max(traffic, key=traffic.get) if traffic else None  # the deployment with the most traffic
@@ -106,7 +108,7 @@ class DeploymentGate:
                 "eval.deployment": deployment,
                 "eval.role": role,
             }
-            evaluate.log_evaluation(evaluation, self.experiment_id, tags)
+            log_evaluation(evaluation, self.experiment_id, tags)
         client, new_run = MlflowClient(), evaluated[0][0].run_id
         client.set_tag(new_run, "gate.verdict", verdict)
         if len(evaluated) > 1:

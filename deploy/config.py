@@ -83,7 +83,7 @@ class ServerSettings:
 
 @dataclass
 class JudgeSettings:
-    """The optional LLM judge (deploy/judge.py; values and comments: conf/deploy/deploy.yaml)."""
+    """The optional LLM judge (deploy/evaluate/judge.py; values and comments: conf/deploy/deploy.yaml)."""
 
     url: str | None = None
     model: str = ""

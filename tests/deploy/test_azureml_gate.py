@@ -13,8 +13,8 @@ from deploy import actions, azureml
 from deploy.scoring.score import ChatModel, Scorer
 from tests.deploy.azure_stub import StubWorkspaceTransport
 from tests.deploy.conftest import compose_deploy
+from tests.deploy.evaluate.test_evaluate import write_set
 from tests.deploy.test_azureml import IDENTITY, Workspace
-from tests.deploy.test_evaluate import write_set
 from tests.fake_arm import FakeCredential
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.lm_eval_tasks import TaskError, encode_pair, evaluate_task, load_task, score_choices
+from deploy.evaluate.lm_eval_tasks import TaskError, encode_pair, evaluate_task, load_task, score_choices
 
 TASKS = Path(__file__).parent / "lm_eval_tasks"
 

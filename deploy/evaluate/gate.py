@@ -19,7 +19,7 @@ from dataclasses import dataclass
 HIGHER_IS_BETTER = ("exact_match", "token_f1", "rouge_l", "stop_rate", "judge")
 LOWER_IS_BETTER = ("empty_rate", "error_rate", "latency_p50_s", "latency_p95_s")
 REPORTED_ONLY = ("answer_tokens_mean", "judge_errors")
-# lm-evaluation-harness task metrics are named <task>_acc and <task>_acc_norm (deploy/lm_eval_tasks.py).
+# lm-evaluation-harness task metrics are named <task>_acc and <task>_acc_norm (deploy/evaluate/lm_eval_tasks.py).
 TASK_METRIC_SUFFIXES = ("_acc", "_acc_norm")
 
 
@@ -122,7 +122,7 @@ def compare(
 
 
 def compare_evaluations(candidate, baseline, gate_cfg, missing_baseline: str) -> Comparison:
-    """`compare` of two deploy.evaluate.Evaluation (their metrics and labels) under the `gate` config."""
+    """`compare` of two deploy.evaluate.evaluation.Evaluation (their metrics and labels) under the `gate` config."""
     return compare(
         candidate.metrics,
         baseline.metrics if baseline else None,

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from deploy import gate
-from deploy.metrics import exact_match, rouge_l, score_row, summarize, token_f1
+from deploy.evaluate import gate
+from deploy.evaluate.metrics import exact_match, rouge_l, score_row, summarize, token_f1
 
 # (answer, reference, exact match, token F1, ROUGE-L), each worked out by hand.
 PAIRS = [

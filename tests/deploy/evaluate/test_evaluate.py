@@ -13,7 +13,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from common.paths import PROJECT_ROOT
-from deploy import actions, evaluate, gate, judge
+from deploy import actions
+from deploy.evaluate import answers, gate, judge
+from deploy.evaluate.cases import EvaluationError, held_out_cases, read_cases
 from tests.deploy.conftest import compose_deploy
 
 HELD_OUT = PROJECT_ROOT / "train" / "assets" / "sample_test.jsonl"
@@ -71,13 +73,13 @@ def test_batched_answers_are_what_the_endpoint_answers_one_by_one(registered):
 
     mlflow.set_tracking_uri(registered.tracking_uri)
     chat_model = ChatModel(registered.uri)
-    cases = evaluate.read_cases(HELD_OUT, str(HELD_OUT), max_rows=6)
-    rows = evaluate.answer_in_process(chat_model, cases, max_new_tokens=8, batch_size=6)
+    cases = read_cases(HELD_OUT, str(HELD_OUT), max_rows=6)
+    rows = answers.answer_in_process(chat_model, cases, max_new_tokens=8, batch_size=6)
     scorer = Scorer(chat_model)
     for case, row in zip(cases, rows):
-        status, body = scorer.handle(evaluate.openai_request(case, 8))
+        status, body = scorer.handle(answers.openai_request(case, 8))
         assert status == 200
-        answer = evaluate.completion_answer(body)
+        answer = answers.completion_answer(body)
         assert (row["answer"], row["finish_reason"], row["answer_tokens"]) == (
             answer["text"],
             answer["finish_reason"],
@@ -92,13 +94,13 @@ def test_a_bad_held_out_file_names_the_line(tmp_path):
         + '\n{"messages": [{"role": "user", "content": "no answer"}]}\n',
         encoding="utf-8",
     )
-    with pytest.raises(evaluate.EvaluationError, match=r"set.jsonl:2: expected .*assistant"):
-        evaluate.read_cases(bad, str(bad))
+    with pytest.raises(EvaluationError, match=r"set.jsonl:2: expected .*assistant"):
+        read_cases(bad, str(bad))
     cfg = compose_deploy(f"eval.source={tmp_path / 'missing.jsonl'}")
-    with pytest.raises(evaluate.EvaluationError, match=r"eval.source=.*missing.jsonl: no such file"):
-        evaluate.held_out_cases(cfg.eval, None, None)
-    with pytest.raises(evaluate.EvaluationError, match="eval.source=FILE.jsonl"):
-        evaluate.held_out_cases(compose_deploy().eval, None, None)
+    with pytest.raises(EvaluationError, match=r"eval.source=.*missing.jsonl: no such file"):
+        held_out_cases(cfg.eval, None, None)
+    with pytest.raises(EvaluationError, match="eval.source=FILE.jsonl"):
+        held_out_cases(compose_deploy().eval, None, None)
 
 
 def test_promote_takes_a_registered_version():
