@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from common.azure_workspace import EndpointCredentialsError, WorkspaceSettingsError
 from common.paths import PROJECT_ROOT
 from deploy.actions import run
-from deploy.azureml import DeployError
+from deploy.azure.errors import DeployError
 from deploy.config import register_configs
 from deploy.evaluate.cases import EvaluationError
 from deploy.evaluate.gate import GateError, PromotionRefused

@@ -1,5 +1,5 @@
 # Serving image: the scoring stack (docker/serve.requirements.txt, generated from the
-# project's constraints.txt by `python -m deploy.environment`) on Azure ML's inference base
+# project's constraints.txt by `python -m deploy.azure.environment`) on Azure ML's inference base
 # image, for managed online deployments that run deploy/scoring/score.py.
 #
 # `python -m deploy target=azureml` builds this file in the workspace as the deployment's
@@ -8,10 +8,10 @@
 # (`azmlinfsrv`, port 5001) from this image's PATH.
 #
 # Local build and run, from the repository root (needs a Docker engine; this project's
-# dev/CI machines have none: tests/deploy/test_environment.py checks the pins statically, and
-# tests/deploy/test_score_in_azmlinfsrv.py runs score.py under azmlinfsrv from the same
+# dev/CI machines have none: tests/deploy/azure/test_environment.py checks the pins statically, and
+# tests/deploy/scoring/test_score_in_azmlinfsrv.py runs score.py under azmlinfsrv from the same
 # requirements). The code folder is the deployment's snapshot: score.py with common/ beside it
-# (deploy/azureml.py:scoring_code_dir).
+# (deploy/azure/entities.py:scoring_code_dir).
 #   docker build -f docker/serve.Dockerfile -t finetune-phi-serve docker
 #   docker run -p 127.0.0.1:5001:5001 -v /path/to/mlflow/model:/model -e AZUREML_MODEL_DIR=/model \
 #     -v /path/to/snapshot:/app finetune-phi-serve azmlinfsrv --entry_script /app/score.py

@@ -4,10 +4,10 @@ The Azure managed online deployment runs it as its scoring script: azureml-infer
 calls `init()` once, then `run(request)` per request with the raw HTTP request (`@rawhttp`), so
 a body over the limit is refused before it is read. Azure's server runs one request at a time
 per worker, so this script generates directly, one request after another; the local server
-(deploy/local.py) loads the model with the same `ChatModel` and batches requests instead. Both
+(deploy/serve/) loads the model with the same `ChatModel` and batches requests instead. Both
 check requests with the same `common.payloads` rules and limits and render prompts with the same
 `common.generation`. It imports only the standard library, torch, transformers, mlflow and the
-neutral `common` package, which the Azure code snapshot carries beside it (deploy/azureml.py);
+neutral `common` package, which the Azure code snapshot carries beside it (deploy/azure/entities.py);
 never the `deploy` package.
 
 The payload shapes, their validation and answers are `common.payloads`. Generation does not
@@ -26,7 +26,7 @@ from pathlib import Path
 
 # Azure's inference server (azmlinfsrv) puts the cwd and AML_APP_ROOT on sys.path, never this
 # file's folder, which in the deployment's code snapshot holds `common/` beside this file
-# (deploy/azureml.py:scoring_code_dir): add it, so `common` imports however the server is started.
+# (deploy/azure/entities.py:scoring_code_dir): add it, so `common` imports however the server is started.
 # It also runs this file without registering it in sys.modules (importlib's
 # spec_from_file_location + exec_module), so no @dataclass here: with string annotations,
 # dataclasses looks the class's module up in sys.modules and the worker fails to boot

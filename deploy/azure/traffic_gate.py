@@ -8,7 +8,7 @@ conversation, as a client would send it (system turn and history included; the a
 answers something else is a failed row, never dropped. The two are compared with the
 promotion gate's rules (deploy/evaluate/gate.py, `gate.tolerance`); the table is printed and, where the
 training run is reachable, both evaluations are logged as MLflow runs in its experiment, the
-new one carrying the comparison. Traffic moves only if the gate passes (deploy/azureml.py).
+new one carrying the comparison. Traffic moves only if the gate passes (deploy/azure/blue_green.py).
 With no live deployment (the first deploy) there is nothing to compare with: the new one is
 evaluated and logged, and passes unless a gated metric could not be measured.
 
@@ -27,11 +27,28 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy.azure.errors import DeployError
 from deploy.evaluate import gate
 from deploy.evaluate.answers import answer_row, completion_answer, openai_request
-from deploy.evaluate.cases import Case
+from deploy.evaluate.cases import Case, EvaluationError, held_out_cases
 from deploy.evaluate.evaluation import Evaluation, score
-from deploy.evaluate.tracking import log_evaluation
+from deploy.evaluate.tracking import evaluation_tags, experiment_of, log_evaluation
+from deploy.registry.find import ModelRef, training_run_id
+
+
+def deployment_gate(ref: ModelRef, eval_cfg, gate_cfg) -> DeploymentGate | None:
+    """The blue/green gate with its conversations, read before anything is created (None: gate.azure=false)."""
+    if not gate_cfg.azure:
+        return None
+    run_id = training_run_id(ref)
+    try:
+        cases, source = held_out_cases(eval_cfg, run_id, gate_cfg.azure_rows)
+    except EvaluationError as e:
+        raise DeployError(
+            f"the blue/green gate has no conversations: {e} (or deploy ungated: gate.azure=false)"
+        ) from e
+    tags = evaluation_tags(ref, run_id, source, eval_cfg.max_new_tokens)
+    return DeploymentGate(cases, eval_cfg, gate_cfg, experiment_of(run_id), tags)
 
 
 def answer_through_deployment(
@@ -57,7 +74,7 @@ def answer_through_deployment(
 
 @dataclass
 class DeploymentGate:
-    """Called by `deploy.azureml.deploy` after the smoke test; raises PromotionRefused to keep traffic."""
+    """Called by `deploy.azure.blue_green.deploy` after the smoke test; raises PromotionRefused to keep traffic."""
 
     cases: list[Case]
     eval_cfg: object  # the `eval` config node: max_new_tokens, judge
@@ -65,7 +82,7 @@ class DeploymentGate:
     experiment_id: str | None  # the training run's experiment, where the evaluations are logged
     tags: Mapping[
         str, str
-    ]  # what the new deployment's model is and what it answered (actions.evaluation_tags)
+    ]  # what the new deployment's model is and what it answered (evaluate.tracking.evaluation_tags)
 
     def evaluate(self, client, endpoint_name: str, deployment: str, role: str) -> Evaluation:
         rows = answer_through_deployment(

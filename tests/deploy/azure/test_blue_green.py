@@ -13,8 +13,10 @@ from azure.ai.ml import MLClient
 from azure.ai.ml.entities import Model
 from azure.core.exceptions import ResourceNotFoundError
 
-from deploy import actions, azureml
-from deploy import environment as environment_module
+from deploy import actions
+from deploy.azure import blue_green, entities
+from deploy.azure import environment as environment_module
+from deploy.azure.errors import DeployError
 from deploy.registry.find import ModelRef
 from tests.deploy.conftest import compose_deploy
 from tests.fake_arm import FakeCredential
@@ -52,7 +54,7 @@ class Workspace:
         self.events: list[tuple] = []
         self.endpoints: dict = {}
         if endpoint_traffic is not None:
-            endpoint = azureml.endpoint_entity(deploy_config().target.endpoint)
+            endpoint = entities.endpoint_entity(deploy_config().target.endpoint)
             endpoint.traffic = dict(endpoint_traffic)
             self.endpoints[endpoint.name] = endpoint
         self.deployment_fails, self.smoke_fails = deployment_fails, smoke_fails
@@ -135,8 +137,8 @@ class Workspace:
 
 def run_deploy(workspace, *overrides):
     cfg = deploy_config(*overrides)
-    return azureml.deploy(
-        cfg, workspace.client(), JOB_MODEL, "azureml:finetune-phi-serve:1", cfg.tracking_uri
+    return blue_green.deploy(
+        cfg.target, workspace.client(), JOB_MODEL, "azureml:finetune-phi-serve:1", cfg.tracking_uri
     )
 
 
@@ -145,12 +147,12 @@ def test_entities_as_azure_receives_them(tmp_path):
     cfg = deploy_config(
         "target.deployment.instance_type=Standard_NC24ads_A100_v4", "target.deployment.instance_count=2"
     )
-    endpoint = azureml.endpoint_entity(cfg.target.endpoint)._to_rest_online_endpoint("westeurope")
+    endpoint = entities.endpoint_entity(cfg.target.endpoint)._to_rest_online_endpoint("westeurope")
     assert (endpoint.properties.auth_mode, endpoint.identity.type) == ("Key", "UserAssigned")
     assert list(endpoint.identity.user_assigned_identities) == [IDENTITY]
 
-    code_dir = azureml.scoring_code_dir(tmp_path / "code")
-    deployment = azureml.deployment_entity(
+    code_dir = entities.scoring_code_dir(tmp_path / "code")
+    deployment = entities.deployment_entity(
         cfg.target.deployment,
         "finetune-phi",
         "blue",
@@ -178,15 +180,15 @@ def test_entities_as_azure_receives_them(tmp_path):
         "score.py",
     ]
 
-    model = azureml.model_entity(JOB_MODEL, "tiny-phi3-sft")
+    model = entities.model_entity(JOB_MODEL, "tiny-phi3-sft")
     assert (model.type, model.path) == ("mlflow_model", JOB_MODEL.uri)
 
-    system = azureml.endpoint_entity(
+    system = entities.endpoint_entity(
         deploy_config("target.endpoint.identity_type=system_assigned").target.endpoint
     )
     assert system.identity.type == "system_assigned"
-    with pytest.raises(azureml.DeployError, match="AZURE_MANAGED_IDENTITY_RESOURCE_ID"):
-        azureml.endpoint_entity(
+    with pytest.raises(DeployError, match="AZURE_MANAGED_IDENTITY_RESOURCE_ID"):
+        entities.endpoint_entity(
             deploy_config("target.endpoint.user_assigned_identity_id=null").target.endpoint
         )
 
@@ -229,7 +231,7 @@ def test_redeploy_goes_green_beside_blue_and_keeps_it():
 def test_failed_smoke_test_leaves_traffic_and_the_live_deployment_alone():
     workspace = Workspace(endpoint_traffic={"green": 100}, smoke_fails=True)
     with pytest.raises(
-        azureml.DeployError, match=r"not a chat completion.*traffic left as it was \(\{'green': 100\}\)"
+        DeployError, match=r"not a chat completion.*traffic left as it was \(\{'green': 100\}\)"
     ):
         run_deploy(workspace)
     assert [e for e in workspace.events if e[0] == "endpoint.create_or_update"] == []
@@ -239,7 +241,7 @@ def test_failed_smoke_test_leaves_traffic_and_the_live_deployment_alone():
 
 def test_failed_deployment_is_deleted_only_when_asked_and_never_the_live_one():
     workspace = Workspace(endpoint_traffic={"blue": 100}, deployment_fails=True)
-    with pytest.raises(azureml.DeployError, match="container crashed.*was deleted"):
+    with pytest.raises(DeployError, match="container crashed.*was deleted"):
         run_deploy(workspace, "target.on_failure=delete")
     assert [e for e in workspace.events if e[0].endswith("delete")] == [("deployment.delete", "green")]
     assert "endpoint.invoke" not in workspace.names()
@@ -248,15 +250,19 @@ def test_failed_deployment_is_deleted_only_when_asked_and_never_the_live_one():
 
 def test_no_idle_deployment_name_means_no_deploy():
     workspace = Workspace(endpoint_traffic={"blue": 50, "green": 50})
-    with pytest.raises(azureml.DeployError, match="every deployment name"):
+    with pytest.raises(DeployError, match="every deployment name"):
         run_deploy(workspace)
     assert "deployment.create_or_update" not in workspace.names()
 
 
 def test_traffic_split_keeps_proportions():
-    assert azureml.traffic_after({}, "blue", 10) == {"blue": 100}
-    assert azureml.traffic_after({"blue": 100}, "green", 100) == {"green": 100, "blue": 0}
-    assert azureml.traffic_after({"blue": 70, "green": 30}, "red", 50) == {"red": 50, "blue": 35, "green": 15}
+    assert blue_green.traffic_after({}, "blue", 10) == {"blue": 100}
+    assert blue_green.traffic_after({"blue": 100}, "green", 100) == {"green": 100, "blue": 0}
+    assert blue_green.traffic_after({"blue": 70, "green": 30}, "red", 50) == {
+        "red": 50,
+        "blue": 35,
+        "green": 15,
+    }
 
 
 def test_teardown_needs_the_endpoint_name_repeated():
@@ -265,10 +271,10 @@ def test_teardown_needs_the_endpoint_name_repeated():
         cfg = deploy_config(
             "action=teardown", f"target.teardown.confirm={confirm}" if confirm else "action=teardown"
         )
-        with pytest.raises(azureml.DeployError, match="target.teardown.confirm=finetune-phi"):
+        with pytest.raises(DeployError, match="target.teardown.confirm=finetune-phi"):
             actions.run(cfg, client=workspace.client())
     assert not [e for e in workspace.events if e[0].endswith("delete")]
-    with pytest.raises(azureml.DeployError, match="carries 100%"):
+    with pytest.raises(DeployError, match="carries 100%"):
         actions.run(
             deploy_config("action=teardown", "target.teardown.deployment=blue"), client=workspace.client()
         )
@@ -291,7 +297,7 @@ def test_model_from_a_local_registry_is_uploaded_as_an_mlflow_model(monkeypatch,
     monkeypatch.setattr(mlflow.artifacts, "download_artifacts", lambda uri, dst_path: str(tmp_path))
     workspace = Workspace()
     ref = ModelRef(uri="models:/tiny-phi3-sft/3", name="tiny-phi3-sft", version="3")
-    model = azureml.register_model(workspace.client(), ref, "tiny-phi3-sft", "sqlite:///x.db")
+    model = entities.register_model(workspace.client(), ref, "tiny-phi3-sft", "sqlite:///x.db")
     assert isinstance(model, Model) and workspace.events == [
         ("model.create_or_update", "tiny-phi3-sft", "mlflow_model", str(tmp_path))
     ]

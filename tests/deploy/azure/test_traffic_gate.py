@@ -9,12 +9,13 @@ import pytest
 from azure.ai.ml import MLClient
 from mlflow.tracking import MlflowClient
 
-from deploy import actions, azureml
+from deploy import actions
+from deploy.azure.errors import DeployError
 from deploy.scoring.score import ChatModel, Scorer
-from tests.deploy.azure_stub import StubWorkspaceTransport
+from tests.deploy.azure.azure_stub import StubWorkspaceTransport
+from tests.deploy.azure.test_blue_green import IDENTITY, Workspace
 from tests.deploy.conftest import compose_deploy
 from tests.deploy.evaluate.test_evaluate import write_set
-from tests.deploy.test_azureml import IDENTITY, Workspace
 from tests.fake_arm import FakeCredential
 
 
@@ -42,7 +43,7 @@ def gated_deploy(tracking_uri: str, traffic: dict, deployments: dict, *overrides
     )
     try:
         outcome = actions.run(cfg, client=workspace.client())
-    except azureml.DeployError as e:
+    except DeployError as e:
         outcome = e
     return workspace, transport, outcome
 
@@ -83,7 +84,7 @@ def test_a_deployment_failing_requests_keeps_the_traffic_and_every_row(registere
         f"eval.source={source}",
         "eval.max_new_tokens=4",
     )
-    assert isinstance(outcome, azureml.DeployError)
+    assert isinstance(outcome, DeployError)
     assert "the gate failed on empty_rate, error_rate against blue" in str(outcome)
     assert "traffic left as it was ({'blue': 100})" in str(outcome)
     assert traffic_updates(workspace) == []
@@ -114,9 +115,7 @@ def test_the_gate_needs_its_conversations_before_anything_is_created(tmp_path):
         "parity.check=false",
         f"tracking_uri=sqlite:///{tmp_path}/mlflow.db",
     )
-    with pytest.raises(
-        azureml.DeployError, match=r"no conversations: .*eval.source=FILE.jsonl.*gate.azure=false"
-    ):
+    with pytest.raises(DeployError, match=r"no conversations: .*eval.source=FILE.jsonl.*gate.azure=false"):
         actions.run(cfg, client=workspace.client())
     assert workspace.events == []
 
@@ -130,7 +129,7 @@ def test_a_worse_model_never_gets_traffic_and_a_better_one_does(trained_pair):
     workspace, transport, outcome = gated_deploy(
         trained_pair.tracking_uri, {"blue": 100}, {"blue": trained, "green": two_steps}, "model.version=2"
     )
-    assert isinstance(outcome, azureml.DeployError), outcome
+    assert isinstance(outcome, DeployError), outcome
     assert "the gate failed on" in str(outcome) and "empty_rate" in str(outcome)
     assert traffic_updates(workspace) == [] and workspace.endpoints["finetune-phi"].traffic == {"blue": 100}
     assert (

@@ -14,7 +14,8 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from azure.ai.ml import MLClient
 
-from deploy import azureml
+from deploy.azure import roles
+from deploy.azure.errors import DeployError
 from tests.deploy.conftest import compose_deploy
 from tests.fake_arm import RESOURCE_GROUP, SUBSCRIPTION, ArmStandIn, FakeCredential, workspace_body
 
@@ -103,7 +104,7 @@ def endpoint_cfg(identity_type: str = "user_assigned"):
 def preflight(stand_in: ArmStandIn):
     transport = stand_in.transport()
     client = MLClient(FakeCredential(), SUBSCRIPTION, "rg", "ws", transport=transport)
-    return azureml.preflight_roles(client, endpoint_cfg(), transport=transport)
+    return roles.preflight_roles(client, endpoint_cfg(), transport=transport)
 
 
 def test_roles_found_across_pages_and_by_what_they_permit():
@@ -128,9 +129,7 @@ def test_roles_found_across_pages_and_by_what_they_permit():
 def test_a_missing_role_stops_the_deploy_with_the_command_that_grants_it():
     """Contributor alone (what the seed granted) reads no blob data."""
     stand_in = arm([], [assignment("Contributor", RESOURCE_GROUP, "a1")])
-    with pytest.raises(
-        azureml.DeployError, match="lacks Storage Blob Data Reader; nothing was deployed"
-    ) as e:
+    with pytest.raises(DeployError, match="lacks Storage Blob Data Reader; nothing was deployed") as e:
         preflight(stand_in)
     assert (
         f'--assignee-object-id {PRINCIPAL} --assignee-principal-type ServicePrincipal --role "Storage Blob Data '
@@ -150,12 +149,12 @@ def test_the_metrics_role_is_optional_and_named_when_missing():
 
 
 def test_an_arm_refusal_is_a_clear_error_not_a_silent_skip():
-    with pytest.raises(azureml.DeployError, match=r"ARM answered 403 .*target.preflight.roles=false"):
+    with pytest.raises(DeployError, match=r"ARM answered 403 .*target.preflight.roles=false"):
         preflight(arm([], [], assignments_status=403))
 
 
 def test_a_system_assigned_identity_asks_arm_nothing():
     stand_in = arm([], [])
     client = MLClient(FakeCredential(), SUBSCRIPTION, "rg", "ws", transport=stand_in.transport())
-    (note,) = azureml.preflight_roles(client, endpoint_cfg("system_assigned"), transport=stand_in.transport())
+    (note,) = roles.preflight_roles(client, endpoint_cfg("system_assigned"), transport=stand_in.transport())
     assert "Azure assigns its roles itself" in note and stand_in.sent == []

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from common.paths import PROJECT_ROOT
-from deploy.azureml import scoring_code_dir
+from deploy.azure.entities import scoring_code_dir
 from deploy.local import free_port
-from tests.deploy.azmlinfsrv import AzmlInfSrv, serve_venv
+from tests.deploy.scoring.azmlinfsrv import AzmlInfSrv, serve_venv
 
 pytestmark = pytest.mark.slow
 KEY = "endpoint-key-4b1d-never-logged"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 
-from deploy import environment
+from deploy.azure import environment
 
 
 def test_serve_requirements_file_is_generated_from_constraints():
-    # Fails when constraints.txt changes without `python -m deploy.environment`.
+    # Fails when constraints.txt changes without `python -m deploy.azure.environment`.
     assert environment.REQUIREMENTS.read_text(encoding="utf-8") == environment.serving_requirements()
 
 
