@@ -15,7 +15,7 @@ stops early (the trained tiny one answers in about 3 tokens) measures request ov
 generation, so measure batching with a model that runs to max_tokens (the untrained tiny model).
 
 `--api openai` (default) posts to /v1/chat/completions, `--api score` to /score (Azure's payloads).
-The server is `python -m deploy target=local` (deploy/local.py); with --model-uri it is started on
+The server is `python -m deploy target=local` (deploy/serve/); with --model-uri it is started on
 a free loopback port for the run and stopped by its pid. When $FINETUNE_PHI_ENDPOINT_KEY (or --key-env) is set, requests carry it as
 `Authorization: Bearer ...`; it is never written anywhere.
 Results: bench/results/<date>-serve-<hardware>.json and .md.
@@ -129,7 +129,7 @@ def endpoint(url: str | None, model_uri: str | None, key_env: str) -> Iterator[s
     if url:
         yield check_loopback(url)
         return
-    from deploy.local import serve_in_background
+    from deploy.serve.background import serve_in_background
 
     with serve_in_background(model_uri, overrides=(f"key_env={key_env}",) if key_env else ()) as base:
         yield base

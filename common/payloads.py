@@ -15,7 +15,7 @@ with OpenAI's defaults). Client side: `build_payload` and `parse_answer`. The
 generation-parameter rules (`generation_kwargs`) are the same on both sides, so a client
 refuses what the server would refuse, before sending.
 
-Hostile input is refused here, once for both servers (deploy/local.py and Azure's score.py),
+Hostile input is refused here, once for both servers (deploy/serve/ and Azure's score.py),
 before anything is tokenized: bodies above `RequestLimits.max_body_bytes`, NaN/Infinity,
 nesting deeper than the interpreter's recursion limit, lone surrogates, too many messages or
 prompts, and prompts with more characters than the model's context can hold. Every client

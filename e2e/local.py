@@ -121,7 +121,7 @@ def connection_config(port: int):
 def run_e2e(question: str, train_overrides: list[str], out_dir: Path, model_uri: str | None = None) -> dict:
     """Train, serve, connect and ask; returns the answer and the seconds each step took.
     With `model_uri` (a registered model) the training step is skipped."""
-    from deploy.local import free_port, serve_in_background
+    from deploy.serve.background import free_port, serve_in_background
 
     isolate_promptflow_home(out_dir / "promptflow")
     seconds: dict[str, float] = {}

@@ -10,9 +10,9 @@ import urllib.request
 import mlflow
 import pytest
 
-from deploy.local import serve_in_background
 from deploy.registry import parity
 from deploy.scoring.score import ChatModel
+from deploy.serve.background import serve_in_background
 from tests.conftest import compose_config
 from train.recipe import run
 

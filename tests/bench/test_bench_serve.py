@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """The untrained tiny model registered as the recipe registers it, served with a key."""
-    from deploy.local import serve_in_background
+    from deploy.serve.background import serve_in_background
 
     uri = register_tiny_model(tmp_path_factory.mktemp("mlflow"), MODEL_NAME)
     env = {"MLFLOW_TRACKING_URI": uri, "FINETUNE_PHI_ENDPOINT_KEY": KEY}

@@ -34,7 +34,7 @@ def mlflow_store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server_url(mlflow_store):
     """The real server, key auth on."""
-    from deploy.local import serve_in_background
+    from deploy.serve.background import serve_in_background
 
     uri, _ = mlflow_store
     env = {"MLFLOW_TRACKING_URI": uri, "FINETUNE_PHI_ENDPOINT_KEY": KEY}

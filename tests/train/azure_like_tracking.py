@@ -26,7 +26,7 @@ from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from deploy.local import wait_for_health
+from deploy.serve.background import wait_for_health
 
 LIMITS = {"Parameters": 200, "MetricNames": 50, "Tags": 50}
 MAX_METRIC_ROWS_PER_BATCH = 250

@@ -9,7 +9,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from deploy.local import free_port
+from deploy.serve.background import free_port
 from tests.conftest import QUICK_TRAIN, run_module
 from tests.train.azure_like_tracking import LIMITS, AzureLikeProxy, MlflowServer
 

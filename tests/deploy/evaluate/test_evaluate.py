@@ -161,7 +161,7 @@ def test_a_judge_that_cannot_judge_is_not_measured_and_fails_the_gate(registered
     model's context (512 tokens) is shorter than MLflow's judge prompt, so the server refuses every
     judge request (OpenAI's context_length_exceeded): each row is a judge error, the metric is not
     measured, and a gated judge fails. The key never reaches MLflow."""
-    from deploy.local import serve_in_background
+    from deploy.serve.background import serve_in_background
 
     key = "judge-" + secrets.token_urlsafe(12)
     monkeypatch.setenv("JUDGE_TEST_KEY", key)
@@ -208,7 +208,7 @@ def test_an_evaluation_logs_through_a_tracking_server_that_answers_as_azure_s(tm
 
     import pandas as pd
 
-    from deploy.local import free_port
+    from deploy.serve.background import free_port
     from tests.deploy.conftest import log_model
     from tests.train.azure_like_tracking import LOGGED_MODELS, AzureLikeProxy, MlflowServer
     from train.tiny_model import ensure_tiny_phi3

@@ -14,7 +14,7 @@ import pytest
 
 from common.paths import PROJECT_ROOT
 from deploy.azure.entities import scoring_code_dir
-from deploy.local import free_port
+from deploy.serve.background import free_port
 from tests.deploy.scoring.azmlinfsrv import AzmlInfSrv, serve_venv
 
 pytestmark = pytest.mark.slow

@@ -53,6 +53,10 @@ class GenerationFailed(RuntimeError):
     """The generation loop failed this request (or died)."""
 
 
+class GenerationLoopDied(GenerationFailed):
+    """The generation loop has died: no request can be generated until the server restarts."""
+
+
 class Job:
     """One request in flight: its text as it grows, its answer, and a way to cancel it."""
 
@@ -182,9 +186,9 @@ class BatchedGenerator:
 
     def submit(self, prompt_ids: list[int], generate: dict, stop: list[str], stream: bool = False) -> Job:
         """Queue a request (`generate`: common.payloads.generation_kwargs' mapping); QueueFull when
-        `max_batch + max_queue` are in flight, GenerationFailed when the generation loop has died."""
+        `max_batch + max_queue` are in flight, GenerationLoopDied when the generation loop has died."""
         if (fatal := self.manager.background_thread_status.fatal_error) is not None:
-            raise GenerationFailed(f"the generation loop died: {fatal}")
+            raise GenerationLoopDied(f"the generation loop died: {fatal}")
         if len(self.jobs) >= self.capacity:
             raise QueueFull(f"{len(self.jobs)} requests in flight, the most this server takes")
         request_id = f"req-{next(self._ids)}"

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from deploy.local import serve_in_background
+from deploy.serve.background import serve_in_background
 from tests.deploy.conftest import training_tokenizer
 
 KEY = "test-key-not-a-secret"

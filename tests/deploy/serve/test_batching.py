@@ -1,4 +1,4 @@
-"""transformers' continuous batching behind deploy.batching, in process on the tiny model: batched
+"""transformers' continuous batching behind deploy.serve.batching, in process on the tiny model: batched
 answers are generate()'s answers token for token, stop strings, streaming pieces, the bounded
 queue, cancellation, and the health signal of a generation step that does not end."""
 
@@ -11,7 +11,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from common.generation import Generator
-from deploy.batching import BatchedGenerator, QueueFull
+from deploy.serve.batching import BatchedGenerator, QueueFull
 from tests.deploy.conftest import training_tokenizer
 
 PROMPTS = [[{"role": "user", "content": f"Question {i}: " + "more words " * i}] for i in range(8)]

@@ -1,24 +1,8 @@
-"""deploy chats with history, and its config composes for both targets."""
+"""`python -m deploy`: its config composes for both targets, and an action a target lacks is refused."""
 
 from __future__ import annotations
 
 import pytest
-
-from deploy.chat import chat_loop
-
-
-def test_chat_sends_the_whole_history_and_resets():
-    seen = []
-
-    def answer(messages):
-        seen.append([m["content"] for m in messages])
-        return f"a{len(seen)}"
-
-    out = []
-    final = chat_loop(answer, ["hi", "again", "/reset", "fresh"], write=out.append, system="be brief")
-    assert seen == [["be brief", "hi"], ["be brief", "hi", "a1", "again"], ["be brief", "fresh"]]
-    assert out == ["assistant> a1", "assistant> a2", "(conversation reset)", "assistant> a3"]
-    assert final[-1] == {"role": "assistant", "content": "a3"}
 
 
 def test_deploy_config_composes_for_both_targets_and_rejects_bad_actions():

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from deploy.local import serve_in_background
+from deploy.serve.background import serve_in_background
 
 KEY = "test-" + secrets.token_urlsafe(12)  # random: found in a log only if it leaked there
 MESSAGES = [{"role": "user", "content": "Write one sentence about the sea."}]
