@@ -6,6 +6,9 @@ python -m deploy target=azureml action=status
 python -m deploy action=chat model.version=2
 python -m deploy action=evaluate model.version=2
 python -m deploy action=promote model.version=2   # exit status 1 when the gate refuses
+
+Each (target, action) is one function of the room that owns it (ACTIONS), given the composed
+config (conf/deploy/) once.
 """
 
 import hydra
@@ -13,14 +16,34 @@ from omegaconf import DictConfig, OmegaConf
 
 from common.azure_workspace import EndpointCredentialsError, WorkspaceSettingsError
 from common.paths import PROJECT_ROOT
-from deploy.actions import run
+from deploy.azure.blue_green import run_deploy
+from deploy.azure.endpoints import run_status, run_teardown
 from deploy.azure.errors import DeployError
-from deploy.config import register_configs
+from deploy.config import Action, register_configs
 from deploy.evaluate.cases import EvaluationError
+from deploy.evaluate.evaluate import run_evaluate
 from deploy.evaluate.gate import GateError, PromotionRefused
 from deploy.evaluate.lm_eval_tasks import TaskError
+from deploy.evaluate.promote import run_promote
 from deploy.registry.find import ModelNotFound
 from deploy.registry.parity import ParityError
+from deploy.serve.chat import run_chat
+from deploy.serve.server import run_local
+
+# (target, action) -> the function that does it. Those that talk to an Azure workspace also take
+# `client=` (an MLClient: tests inject one; else it is made from target.workspace).
+ACTIONS = {
+    ("local", Action.deploy): run_local,
+    ("local", Action.chat): run_chat,
+    ("local", Action.evaluate): run_evaluate,
+    ("local", Action.promote): run_promote,
+    ("azureml", Action.deploy): run_deploy,
+    ("azureml", Action.status): run_status,
+    ("azureml", Action.teardown): run_teardown,
+    ("azureml", Action.chat): run_chat,
+    ("azureml", Action.evaluate): run_evaluate,
+    ("azureml", Action.promote): run_promote,
+}
 
 # Errors that mean "the request or the setup is wrong" (or the gate said no), not a bug: a
 # message and exit status 1, no traceback.
@@ -39,6 +62,16 @@ USER_ERRORS = (
 register_configs()
 if not OmegaConf.has_resolver("project_root"):
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+
+
+def run(cfg, client=None) -> object:
+    """Dispatch `cfg.action` for `cfg.target.name`; `client` injects an MLClient (tests)."""
+    action = ACTIONS.get((cfg.target.name, cfg.action))
+    if action is None:  # status and teardown of target=local
+        raise SystemExit(
+            f"action={cfg.action.name} needs target=azureml (the local server lives only while it runs)"
+        )
+    return action(cfg) if client is None else action(cfg, client=client)
 
 
 @hydra.main(version_base="1.3", config_path="../conf/deploy", config_name="deploy")

@@ -12,7 +12,7 @@ def test_deploy_config_composes_for_both_targets_and_rejects_bad_actions():
 
     import deploy.__main__  # noqa: F401  (registers the project_root resolver)
     from common.paths import PROJECT_ROOT
-    from deploy import actions
+    from deploy import __main__ as cli
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf" / "deploy"), version_base="1.3"):
@@ -35,4 +35,4 @@ def test_deploy_config_composes_for_both_targets_and_rejects_bad_actions():
     assert azure.target.deployment.instance_type == "Standard_NC24ads_A100_v4"
     assert azure.target.endpoint.auth_mode.name == "key" and azure.target.traffic.new_percent == 100
     with pytest.raises(SystemExit, match="action=status needs target=azureml"):
-        actions.run(bad)
+        cli.run(bad)

@@ -13,7 +13,7 @@ from azure.ai.ml import MLClient
 from azure.ai.ml.entities import Model
 from azure.core.exceptions import ResourceNotFoundError
 
-from deploy import actions
+from deploy import __main__ as cli
 from deploy.azure import blue_green, entities
 from deploy.azure import environment as environment_module
 from deploy.azure.errors import DeployError
@@ -272,13 +272,13 @@ def test_teardown_needs_the_endpoint_name_repeated():
             "action=teardown", f"target.teardown.confirm={confirm}" if confirm else "action=teardown"
         )
         with pytest.raises(DeployError, match="target.teardown.confirm=finetune-phi"):
-            actions.run(cfg, client=workspace.client())
+            cli.run(cfg, client=workspace.client())
     assert not [e for e in workspace.events if e[0].endswith("delete")]
     with pytest.raises(DeployError, match="carries 100%"):
-        actions.run(
+        cli.run(
             deploy_config("action=teardown", "target.teardown.deployment=blue"), client=workspace.client()
         )
-    actions.run(
+    cli.run(
         deploy_config("action=teardown", "target.teardown.confirm=finetune-phi"), client=workspace.client()
     )
     assert [e for e in workspace.events if e[0].endswith("delete")] == [("endpoint.delete", "finetune-phi")]
@@ -286,7 +286,7 @@ def test_teardown_needs_the_endpoint_name_repeated():
 
 def test_status_lists_endpoints_deployments_and_traffic(capsys):
     workspace = Workspace(endpoint_traffic={"blue": 80, "green": 20})
-    rows = actions.run(deploy_config("action=status"), client=workspace.client())
+    rows = cli.run(deploy_config("action=status"), client=workspace.client())
     assert rows[0]["endpoint"] == "finetune-phi" and rows[0]["traffic"] == {"blue": 80, "green": 20}
     assert "finetune-phi" in capsys.readouterr().out
 
@@ -307,8 +307,8 @@ def test_cli_deploy_builds_the_serving_environment_from_the_generated_spec(capsy
     workspace = Workspace(endpoint_traffic={"blue": 100})
     cfg = deploy_config(
         "model.azureml_job=job-7", "parity.check=false", "target.preflight.roles=false", "gate.azure=false"
-    )  # the gate: tests/deploy/test_azureml_gate.py
-    result = actions.run(cfg, client=workspace.client())
+    )  # the gate: tests/deploy/azure/test_traffic_gate.py
+    result = cli.run(cfg, client=workspace.client())
     environment = next(e for e in workspace.events if e[0] == "environment.create_or_update")
     context = Path(environment[2])
     assert (context / "serve.requirements.txt").read_text() == environment_module.serving_requirements()

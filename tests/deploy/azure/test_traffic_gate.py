@@ -9,7 +9,7 @@ import pytest
 from azure.ai.ml import MLClient
 from mlflow.tracking import MlflowClient
 
-from deploy import actions
+from deploy import __main__ as cli
 from deploy.azure.errors import DeployError
 from deploy.scoring.score import ChatModel, Scorer
 from tests.deploy.azure.azure_stub import StubWorkspaceTransport
@@ -42,7 +42,7 @@ def gated_deploy(tracking_uri: str, traffic: dict, deployments: dict, *overrides
         *overrides,
     )
     try:
-        outcome = actions.run(cfg, client=workspace.client())
+        outcome = cli.run(cfg, client=workspace.client())
     except DeployError as e:
         outcome = e
     return workspace, transport, outcome
@@ -116,7 +116,7 @@ def test_the_gate_needs_its_conversations_before_anything_is_created(tmp_path):
         f"tracking_uri=sqlite:///{tmp_path}/mlflow.db",
     )
     with pytest.raises(DeployError, match=r"no conversations: .*eval.source=FILE.jsonl.*gate.azure=false"):
-        actions.run(cfg, client=workspace.client())
+        cli.run(cfg, client=workspace.client())
     assert workspace.events == []
 
 

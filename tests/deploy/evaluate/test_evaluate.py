@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from common.paths import PROJECT_ROOT
-from deploy import actions
+from deploy import __main__ as cli
 from deploy.evaluate import answers, gate, judge
 from deploy.evaluate.cases import EvaluationError, held_out_cases, read_cases
 from tests.deploy.conftest import compose_deploy
@@ -41,7 +41,7 @@ def test_evaluate_logs_a_run_linked_to_the_version(registered, tmp_path):
         "eval.batch_size=4",
         f"eval.tasks=[{TASKS / 'arc_words.yaml'},{TASKS / 'hellaswag_words.yaml'}]",
     )
-    evaluation = actions.run(cfg)
+    evaluation = cli.run(cfg)
 
     assert len(evaluation.rows) == 7
     refused = evaluation.rows[-1]
@@ -105,7 +105,7 @@ def test_a_bad_held_out_file_names_the_line(tmp_path):
 
 def test_promote_takes_a_registered_version():
     with pytest.raises(gate.GateError, match="model.version=N"):
-        actions.run(compose_deploy("action=promote", "model.alias=champion"))
+        cli.run(compose_deploy("action=promote", "model.alias=champion"))
 
 
 def chat_completion(content: str) -> dict:
@@ -170,7 +170,7 @@ def test_a_judge_that_cannot_judge_is_not_measured_and_fails_the_gate(registered
     log_path = tmp_path / "judge.log"
     env = {"MLFLOW_TRACKING_URI": registered.tracking_uri, "FINETUNE_PHI_ENDPOINT_KEY": key}
     with serve_in_background(registered.uri, env=env, log_path=log_path) as url:
-        evaluation = actions.run(
+        evaluation = cli.run(
             compose_deploy(
                 "action=evaluate",
                 "model.version=1",
@@ -221,7 +221,7 @@ def test_an_evaluation_logs_through_a_tracking_server_that_answers_as_azure_s(tm
         held_out = write_set(tmp_path / "test.jsonl", rows=3)  # as training logs it: data/test.jsonl
         client.log_artifact(registered.run_id, str(held_out), "data")
         first_request = len(proxy.seen)
-        evaluation = actions.run(
+        evaluation = cli.run(
             compose_deploy(
                 "action=evaluate",
                 "model.version=1",

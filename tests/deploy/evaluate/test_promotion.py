@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from deploy import actions
+from deploy import __main__ as cli
 from tests.conftest import run_module
 from tests.deploy.conftest import compose_deploy
 
@@ -22,7 +22,7 @@ def test_the_trained_model_is_promoted_and_the_two_step_model_refused(trained_pa
     client = MlflowClient(trained_pair.tracking_uri)
     assert champion(client, trained_pair.name) is None
 
-    promoted = actions.run(compose_deploy("action=promote", "model.version=1", *store))
+    promoted = cli.run(compose_deploy("action=promote", "model.version=1", *store))
     assert promoted.passed
     assert "no version held @champion yet: promoted v1 on its own metrics" in capsys.readouterr().out
     assert champion(client, trained_pair.name) == "1"
