@@ -347,7 +347,10 @@ def tight_server(registered, tmp_path_factory):
 def open_stream(served: Served, max_tokens: int = 480) -> http.client.HTTPConnection:
     """A streamed request, accepted (its 200 and first chunk read) and left open."""
     connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
-    body = json.dumps({"messages": MESSAGES, "max_tokens": max_tokens, "stream": True}).encode()
+    # Greedy: the untrained tiny model then runs to max_tokens. Sampled, it sometimes stopped at
+    # once and freed its slot before the test could see it taken (CI failure of b78e969).
+    request = {"messages": MESSAGES, "max_tokens": max_tokens, "stream": True, "temperature": 0}
+    body = json.dumps(request).encode()
     connection.request("POST", "/v1/chat/completions", body=body, headers={"Authorization": f"Bearer {KEY}"})
     response = connection.getresponse()
     assert response.status == 200 and response.readline().startswith(b"data: ")
