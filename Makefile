@@ -4,6 +4,9 @@ SHELL := /bin/bash
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# The Agent Framework front end's own environment (agent/): no torch, no promptflow.
+AGENT_VENV ?= .venv-agent
+AGENT_PY := $(AGENT_VENV)/bin/python
 UV_VERSION := 0.13.9
 # CPU machines here keep a local torch wheel in PIP_FIND_LINKS (/opt/wheels); elsewhere
 # the same version comes from PyPI (the CUDA build on Linux).
@@ -23,6 +26,26 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(VENV)/bin/uv pip install --compile-bytecode --python $(PY) -c constraints.txt $(FIND_LINKS) -e ".[dev]"
 	$(VENV)/bin/uv pip check --python $(PY)
 	@touch $@
+
+agent-setup: $(AGENT_VENV)/.installed ## create .venv-agent for the Agent Framework front end (agent/constraints.txt; no torch)
+
+$(AGENT_VENV)/.installed: agent/requirements.txt agent/constraints.txt
+	@test -x $(AGENT_PY) || python3 -m venv $(AGENT_VENV)
+	$(AGENT_PY) -m pip install -q uv==$(UV_VERSION)
+	$(AGENT_VENV)/bin/uv pip install --compile-bytecode --python $(AGENT_PY) -c agent/constraints.txt -r agent/requirements.txt
+	$(AGENT_VENV)/bin/uv pip check --python $(AGENT_PY)
+	@# The checkout on its path (agent/, common/) without installing the project, whose
+	@# dependencies (torch, promptflow) this environment must not hold.
+	@echo "$(CURDIR)" > "$$($(AGENT_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/finetune_phi_checkout.pth"
+	@touch $@
+
+agent-constraints: ## re-resolve agent/constraints.txt after changing agent/requirements.txt
+	@test -x $(VENV)/bin/uv || { python3 -m venv $(VENV) && $(PY) -m pip install -q uv==$(UV_VERSION); }
+	@grep -v '^#' agent/constraints.txt > agent/constraints.new
+	$(VENV)/bin/uv pip compile agent/requirements.txt --python-version 3.11 --no-header --no-annotate \
+		-o agent/constraints.new $(UPGRADE)
+	@{ sed -n '/^#/p' agent/constraints.txt; grep -v '^#' agent/constraints.new; } > agent/constraints.txt
+	@rm agent/constraints.new
 
 demo: setup ## fine-tune the tiny offline model on the bundled data and register it in MLflow
 	$(PY) -m train
@@ -61,4 +84,4 @@ bench-gpu: ## on a CUDA box with .whl/: install it offline, run the Phi-3-mini/3
 clean-outputs: ## delete local runs and the local MLflow store (asks first)
 	@read -p "Delete ./outputs (all local runs and registered models)? [y/N] " a && [ "$$a" = y ] && rm -rf outputs
 
-.PHONY: help setup demo e2e test lint format constraints gpu-kit bench-gpu clean-outputs
+.PHONY: help setup agent-setup agent-constraints demo e2e test lint format constraints gpu-kit bench-gpu clean-outputs
