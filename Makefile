@@ -34,9 +34,10 @@ $(AGENT_VENV)/.installed: agent/requirements.txt agent/constraints.txt
 	$(AGENT_PY) -m pip install -q uv==$(UV_VERSION)
 	$(AGENT_VENV)/bin/uv pip install --compile-bytecode --python $(AGENT_PY) -c agent/constraints.txt -r agent/requirements.txt
 	$(AGENT_VENV)/bin/uv pip check --python $(AGENT_PY)
-	@# The checkout on its path (agent/, common/) without installing the project, whose
-	@# dependencies (torch, promptflow) this environment must not hold.
-	@echo "$(CURDIR)" > "$$($(AGENT_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/finetune_phi_checkout.pth"
+	@# Only agent/ and common/ of the checkout on its path (links), without installing the
+	@# project, whose dependencies (torch, promptflow) this environment must not hold.
+	@mkdir -p $(AGENT_VENV)/checkout && ln -sfn $(CURDIR)/agent $(CURDIR)/common $(AGENT_VENV)/checkout/
+	@echo "$(CURDIR)/$(AGENT_VENV)/checkout" > "$$($(AGENT_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/finetune_phi_checkout.pth"
 	@touch $@
 
 agent-constraints: ## re-resolve agent/constraints.txt after changing agent/requirements.txt
@@ -53,7 +54,7 @@ demo: setup ## fine-tune the tiny offline model on the bundled data and register
 e2e: setup ## train + register the tiny model, serve it locally, ask the chat flow a question, stop
 	$(PY) -m e2e
 
-test: setup ## run every test that can run here (GPU tests are skipped without CUDA)
+test: setup agent-setup ## run every test that can run here (GPU tests are skipped without CUDA)
 	$(PY) -m pytest
 
 lint: setup ## ruff: lint and format check
