@@ -51,7 +51,7 @@ agent-constraints: ## re-resolve agent/constraints.txt after changing agent/requ
 demo: setup ## fine-tune the tiny offline model on the bundled data and register it in MLflow
 	$(PY) -m train
 
-e2e: setup ## train + register the tiny model, serve it locally, ask the chat flow a question, stop
+e2e: setup agent-setup ## train + register the tiny model, serve it, ask Prompt flow and Agent Framework the same questions, compare
 	$(PY) -m e2e
 
 test: setup agent-setup ## run every test that can run here (GPU tests are skipped without CUDA)

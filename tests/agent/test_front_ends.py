@@ -98,7 +98,10 @@ def test_terminal_chat_sends_the_history(agent_python, server_url, route):
         stdin="Repeat: amber river\n" + FOLLOW_UP + "\n\n",
     )
     assert done.returncode == 0, done.stderr
-    answers = [line.split("assistant> ", 1)[1] for line in done.stdout.splitlines() if "assistant> " in line]
+    # stdout: input()'s prompt, then each answer: "you> assistant> A1\nyou> assistant> A2\nyou> "
+    answers = [
+        turn.removeprefix("assistant> ").removesuffix("\n") for turn in done.stdout.split("you> ")[1:-1]
+    ]
     first = reference(server_url, [{"role": "user", "content": "Repeat: amber river"}])
     history = [{"role": "user", "content": "Repeat: amber river"}, {"role": "assistant", "content": first}]
     assert answers == [first, reference(server_url, [*history, {"role": "user", "content": FOLLOW_UP}])]
