@@ -37,7 +37,7 @@ $(AGENT_VENV)/.installed: agent/requirements.txt agent/constraints.txt
 	@# Only agent/ and common/ of the checkout on its path (links), without installing the
 	@# project, whose dependencies (torch, promptflow) this environment must not hold.
 	@mkdir -p $(AGENT_VENV)/checkout && ln -sfn $(CURDIR)/agent $(CURDIR)/common $(AGENT_VENV)/checkout/
-	@echo "$(CURDIR)/$(AGENT_VENV)/checkout" > "$$($(AGENT_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/finetune_phi_checkout.pth"
+	@echo "$(abspath $(AGENT_VENV))/checkout" > "$$($(AGENT_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/finetune_phi_checkout.pth"
 	@touch $@
 
 agent-constraints: ## re-resolve agent/constraints.txt after changing agent/requirements.txt
