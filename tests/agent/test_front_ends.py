@@ -44,13 +44,13 @@ def server_url(tmp_path_factory):
         yield url
 
 
-def reference(server_url: str, messages: list[dict]) -> str:
+def reference(server_url: str, messages: list[dict], max_tokens: int = int(TOKENS)) -> str:
     """The openai client's greedy answer, asked directly of /v1."""
     import openai
 
     client = openai.OpenAI(base_url=f"{server_url}/v1", api_key=KEY, max_retries=0)
     completion = client.chat.completions.create(
-        model=SERVED, messages=messages, max_tokens=int(TOKENS), temperature=0, top_p=1
+        model=SERVED, messages=messages, max_tokens=max_tokens, temperature=0, top_p=1
     )
     return completion.choices[0].message.content
 
@@ -109,9 +109,8 @@ def test_terminal_chat_sends_the_history(agent_python, server_url, route):
 
 @pytest.mark.parametrize("route", ["v1", "openai"])
 def test_a_wrong_key_exits_1_with_one_line(agent_python, server_url, route):
-    model = (
-        ["--model", SERVED] if route == "v1" else []
-    )  # skip the models lookup: the chat call is under test
+    # --model skips the models lookup: the chat call is under test
+    model = ["--model", SERVED] if route == "v1" else []
     done = run_agent(
         agent_python,
         "ask",
@@ -146,18 +145,9 @@ print(credential.scopes)
     assert done.returncode == 0, done.stderr
     answer, scopes = done.stdout.rsplit("\n", 2)[:2]
     assert scopes == "['https://ml.azure.com/.default']"
-    assert answer == reference_default(server_url)
-
-
-def reference_default(server_url: str) -> str:
-    """The greedy answer at the flows' default length (64 new tokens)."""
-    import openai
-
-    client = openai.OpenAI(base_url=f"{server_url}/v1", api_key=KEY, max_retries=0)
-    completion = client.chat.completions.create(
-        model=SERVED, messages=[{"role": "user", "content": QUESTION}], max_tokens=64, temperature=0
-    )
-    return completion.choices[0].message.content
+    assert answer == reference(
+        server_url, [{"role": "user", "content": QUESTION}], max_tokens=64
+    )  # the default
 
 
 def post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, dict]:
