@@ -52,6 +52,9 @@ def parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--max-new-tokens", type=int, default=GenerationParams.max_new_tokens)
     common.add_argument(
+        "--timeout-s", type=float, default=Backend.timeout_s, help="per attempt on --score-url (%(default)s)"
+    )
+    common.add_argument(
         "--trace-to",
         default=os.environ.get("FINETUNE_PHI_TRACE_TO", ""),
         help="an `mlflow server` URL to send the spans to (default: $FINETUNE_PHI_TRACE_TO)",
@@ -85,7 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = GenerationParams(max_new_tokens=args.max_new_tokens)
         backend = Backend(
-            args.base_url, args.score_url, Shape(args.payload), args.deployment, args.model, args.key_env
+            args.base_url,
+            args.score_url,
+            Shape(args.payload),
+            args.deployment,
+            args.model,
+            args.key_env,
+            args.timeout_s,
         )
         provider = trace_to_mlflow(args.trace_to, args.experiment) if args.trace_to else None
     except (ValueError, RuntimeError) as e:  # a bad option, or no tracking server at --trace-to

@@ -38,11 +38,14 @@ class Backend:
     deployment: str = ""  # pin one deployment of a managed endpoint (azureml-model-deployment)
     model: str = ""  # the /v1 model id; empty: the one the server lists
     key_env: str = KEY_ENV  # the environment variable holding the key
+    timeout_s: float = 60.0  # per attempt on the scoring route (the flows' connection default)
 
     def __post_init__(self):
         for option, url in (("--base-url", self.base_url), ("--score-url", self.score_url)):
             if url and not url.startswith(("http://", "https://")):
                 raise ValueError(f"{option} {url!r} must be an http(s) URL")
+        if not self.timeout_s > 0:
+            raise ValueError(f"--timeout-s {self.timeout_s:g} must be > 0")
 
 
 def served_model(base_url: str, api_key: str) -> str:
@@ -65,6 +68,7 @@ def build_agent(
             deployment=backend.deployment,
             key_env=backend.key_env,
             credential=credential,
+            timeout_s=backend.timeout_s,
             environ=environ,
         )
     else:

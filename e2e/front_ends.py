@@ -20,6 +20,8 @@ from common.paths import PROJECT_ROOT
 
 AGENT_PYTHON = PROJECT_ROOT / ".venv-agent" / "bin" / "python"
 KEY_ENV = "FINETUNE_PHI_ENDPOINT_KEY"
+# A real model on a busy CPU can take minutes over 64 new tokens; the comparison waits for it.
+ANSWER_TIMEOUT_S = "600"
 
 
 def agent_python() -> str:
@@ -87,7 +89,7 @@ def prompt_flow_answers(questions: list[str], flow_dir: Path) -> dict[str, list[
 def compare_front_ends(questions: list[str], base_url: str, key: str, flow_dir: Path, out_dir: Path) -> dict:
     """Ask both front ends; returns the answers and the mismatches (none when they agree)."""
     flows = prompt_flow_answers(questions, flow_dir)
-    score = ["--score-url", f"{base_url}/score", "--payload", "openai"]
+    score = ["--score-url", f"{base_url}/score", "--payload", "openai", "--timeout-s", ANSWER_TIMEOUT_S]
     agents = {
         "ask /v1": [ask_agent(q, ["--base-url", f"{base_url}/v1"], key) for q in questions],
         "ask /score": [ask_agent(q, score, key) for q in questions],

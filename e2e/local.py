@@ -120,7 +120,9 @@ def connection_config(port: int):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(FLOW_DIR / "conf"), version_base="1.3"):
         return compose(
-            "connect", overrides=["target=local", f"target.port={port}", f"target.key_env={KEY_ENV}"]
+            "connect",
+            # timeout_s: as the agent side's (e2e/front_ends.py), for a real model on a busy CPU
+            overrides=["target=local", f"target.port={port}", f"target.key_env={KEY_ENV}", "timeout_s=600"],
         )
 
 
