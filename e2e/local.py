@@ -5,6 +5,7 @@ python -m e2e                                   # the embedded default, three qu
 python -m e2e --question "What is the first word of: amber river" --question "Repeat it"
 python -m e2e --train-override eval.generate_samples=8   # replaces the default overrides
 python -m e2e --model-uri models:/tiny-phi3-sft/1        # skip training: serve, connect, ask
+python -m e2e --model-uri models:/smollm2/1 --serve-override target.server.kv_cache_tokens=16384  # a real model
 
 It sits above the layers it drives (train, deploy, flow), as bench/ does, so it is the one
 place that imports all three.
@@ -127,7 +128,11 @@ def connection_config(port: int):
 
 
 def run_e2e(
-    questions: list[str], train_overrides: list[str], out_dir: Path, model_uri: str | None = None
+    questions: list[str],
+    train_overrides: list[str],
+    out_dir: Path,
+    model_uri: str | None = None,
+    serve_overrides: tuple[str, ...] = (),
 ) -> dict:
     """Train, serve, connect and ask both front ends; returns their answers and the seconds each
     step took. With `model_uri` (a registered model) the training step is skipped."""
@@ -155,7 +160,10 @@ def run_e2e(
     server_env = {"MLFLOW_TRACKING_URI": tracking_uri, KEY_ENV: key}
     mark = time.perf_counter()
     print(f"serving {model_uri} on 127.0.0.1:{port} ...", flush=True)
-    with serve_in_background(model_uri, port=port, env=server_env) as base_url:
+    log_path = out_dir / "server.log"  # kept: the first place to look when an answer fails
+    with serve_in_background(
+        model_uri, port=port, env=server_env, overrides=tuple(serve_overrides), log_path=log_path
+    ) as base_url:
         seconds["serve"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
@@ -202,6 +210,13 @@ def main(argv: list[str] | None = None) -> dict:
         "--model-uri", default=None, help="serve this registered model instead of training one"
     )
     parser.add_argument(
+        "--serve-override",
+        action="append",
+        default=[],
+        help="a `python -m deploy target=local` override (repeatable), e.g. target.server.kv_cache_tokens=16384: "
+        "the default KV cache (max_batch x context) of an 8k-context model takes gigabytes",
+    )
+    parser.add_argument(
         "--out-dir", type=Path, default=None, help="a new folder; default: outputs/e2e/<time>"
     )
     args = parser.parse_args(argv)
@@ -210,7 +225,9 @@ def main(argv: list[str] | None = None) -> dict:
     if out_dir.exists() and any(out_dir.iterdir()):
         parser.error(f"--out-dir {out_dir} is not empty; pick a new folder (runs are never overwritten)")
     overrides = list(DEFAULT_TRAIN_OVERRIDES if args.train_override is None else args.train_override)
-    result = run_e2e(args.question or list(DEFAULT_QUESTIONS), overrides, out_dir, args.model_uri)
+    result = run_e2e(
+        args.question or list(DEFAULT_QUESTIONS), overrides, out_dir, args.model_uri, args.serve_override
+    )
     (out_dir / "e2e.json").write_text(json.dumps(result, indent=2))
     print(
         "\nEnd to end finished.",
