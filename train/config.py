@@ -190,6 +190,9 @@ class DataConfig:
     # Put a leading system message's text in front of the first user message (a blank line
     # apart): for chat templates without a system role, which would otherwise drop it (an error).
     merge_system_into_first_user: bool = False
+    # A conversation with more messages is a bad row (named by file and line; on_error decides):
+    # thousands of turns in one row is almost always rows joined by mistake. null: no cap.
+    max_turns: Optional[int] = 1000  # noqa: UP045 - OmegaConf needs Optional
     # Conversations longer than max_length tokens: truncate (keep the whole turns that fit)
     # or drop. Both are counted in stats.json and listed in rejects.jsonl when dropped.
     max_length: Optional[int] = "${sft.max_length}"  # noqa: UP045 - OmegaConf needs Optional
