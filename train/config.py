@@ -229,6 +229,12 @@ class AzureComputeConfig:
     location: str | None = None  # null: the workspace's region
     # null | system_assigned | a user-assigned identity's resource id (what the nodes run as).
     identity: str | None = None
+    # The node's memory in GiB (the SKU's published RAM): sizes the job's /dev/shm.
+    memory_gib: float | None = None
+    # The job container's shared memory (Docker's shm_size: <number><b|k|m|g>). null: half of
+    # memory_gib. Azure's default is 2g, which DataLoader workers and NCCL exhaust on multi-GPU
+    # nodes; tmpfs takes memory only as it is written.
+    shm_size: str | None = None
 
 
 @dataclass
