@@ -122,6 +122,7 @@ def set_up(cfg: DictConfig) -> Setup:
         callbacks=[tracking.MetricsOnlyMLflowCallback(), checkpoint.ResumeGuard(resume_from)],
     )
     launch.check_sharding(trainer)  # FSDP/DeepSpeed asked for but not active: stop, train nothing else
+    trainer.add_callback(launch.sharded_model_check()(trainer))  # and FSDP2 that did not shard: stop
     stop_on_signal = checkpoint.StopOnSignal(trainer.accelerator)
     trainer.add_callback(stop_on_signal)
     return Setup(

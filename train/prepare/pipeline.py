@@ -115,9 +115,10 @@ def prepare(
 
     `format` forces one format instead of detecting it per record. With `eval_source`, that
     source is the test split and nothing is split off `source`; otherwise a `test_size`
-    fraction (at least one row when there are two or more) is chosen at random from `seed`.
-    `dedupe` drops exact repeats of a conversation, keeping the first; a train row that repeats
-    a test row is dropped too. `merge_system_into_first_user` moves a leading system message's
+    fraction (at least one row when there are two or more) is chosen at random from `seed`, with
+    every copy of a conversation on the same side; with `eval_source`, a train row that repeats a
+    test row is dropped (counted in `duplicates_removed`). `dedupe` drops every exact repeat of a
+    conversation, keeping the first. `merge_system_into_first_user` moves a leading system message's
     text into the first user message. A conversation of more than `max_turns` messages is a bad
     row (so the work per row is bounded). With a `tokenizer`, rows are tokenized as the trainer will
     see them and checked (every turn rendered, every reply trains its end of turn), and with
