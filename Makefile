@@ -45,8 +45,9 @@ agent-constraints: ## re-resolve agent/constraints.txt after changing agent/requ
 	@grep -v '^#' agent/constraints.txt > agent/constraints.new
 	$(VENV)/bin/uv pip compile agent/requirements.txt --python-version 3.11 --no-header --no-annotate \
 		-o agent/constraints.new $(UPGRADE)
-	@{ sed -n '/^#/p' agent/constraints.txt; grep -v '^#' agent/constraints.new; } > agent/constraints.txt
-	@rm agent/constraints.new
+	@# Through a temporary file: `> agent/constraints.txt` would empty it before sed reads its header.
+	@{ sed -n '/^#/p' agent/constraints.txt; grep -v '^#' agent/constraints.new; } > agent/constraints.tmp
+	@mv agent/constraints.tmp agent/constraints.txt && rm agent/constraints.new
 
 demo: setup ## fine-tune the tiny offline model on the bundled data and register it in MLflow
 	$(PY) -m train
