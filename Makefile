@@ -5,6 +5,9 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
+# make serve|chat MODEL=<registered name> PORT=<port>; the default is what `make demo` registers.
+MODEL ?= tiny-phi3-sft
+PORT ?= 8000
 # CPU machines here keep a local torch wheel in PIP_FIND_LINKS (/opt/wheels); elsewhere
 # the same version comes from PyPI (the CUDA build on Linux).
 FIND_LINKS := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),)
@@ -13,7 +16,7 @@ FIND_LINKS := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 setup: $(VENV)/.installed ## create .venv and install the project with the pinned stack (constraints.txt)
 
@@ -29,6 +32,15 @@ demo: setup ## fine-tune the tiny offline model on the bundled data and register
 
 e2e: setup ## train + register the tiny model, serve it locally, ask the chat flow a question, stop
 	$(PY) -m e2e
+
+serve: setup ## serve MODEL (@champion, else its latest version) on 127.0.0.1:PORT until Ctrl-C
+	$(PY) -m deploy target=local model.name=$(MODEL) port=$(PORT)
+
+chat: setup ## chat with MODEL (@champion, else its latest version) in the terminal
+	$(PY) -m deploy action=chat model.name=$(MODEL)
+
+models: setup ## list registered models: versions, aliases and their eval.* scores
+	$(PY) -m deploy action=list
 
 test: setup ## run every test that can run here (GPU tests are skipped without CUDA)
 	$(PY) -m pytest
@@ -61,4 +73,4 @@ bench-gpu: ## on a CUDA box with .whl/: install it offline, run the Phi-3-mini/3
 clean-outputs: ## delete local runs and the local MLflow store (asks first)
 	@read -p "Delete ./outputs (all local runs and registered models)? [y/N] " a && [ "$$a" = y ] && rm -rf outputs
 
-.PHONY: help setup demo e2e test lint format constraints gpu-kit bench-gpu clean-outputs
+.PHONY: help setup demo e2e serve chat models test lint format constraints gpu-kit bench-gpu clean-outputs

@@ -4,6 +4,7 @@ python -m deploy target=local port=8000         # scoring server on 127.0.0.1:80
 python -m deploy target=azureml                 # blue/green to a managed online endpoint
 python -m deploy target=azureml action=status
 python -m deploy action=chat model.version=2
+python -m deploy action=list                    # registered models, versions, aliases, eval.* tags
 python -m deploy action=evaluate model.version=2
 python -m deploy action=promote model.version=2   # exit status 1 when the gate refuses
 
@@ -26,6 +27,7 @@ from deploy.evaluate.gate import GateError, PromotionRefused
 from deploy.evaluate.lm_eval_tasks import TaskError
 from deploy.evaluate.promote import run_promote
 from deploy.registry.find import ModelNotFound
+from deploy.registry.listing import run_list
 from deploy.registry.parity import ParityError
 from deploy.serve.chat import run_chat
 from deploy.serve.server import run_local
@@ -37,12 +39,14 @@ ACTIONS = {
     ("local", Action.chat): run_chat,
     ("local", Action.evaluate): run_evaluate,
     ("local", Action.promote): run_promote,
+    ("local", Action.list): run_list,
     ("azureml", Action.deploy): run_deploy,
     ("azureml", Action.status): run_status,
     ("azureml", Action.teardown): run_teardown,
     ("azureml", Action.chat): run_chat,
     ("azureml", Action.evaluate): run_evaluate,
     ("azureml", Action.promote): run_promote,
+    ("azureml", Action.list): run_list,
 }
 
 # Errors that mean "the request or the setup is wrong" (or the gate said no), not a bug: a

@@ -32,7 +32,9 @@ DEFAULT_KEY_ENV = "FINETUNE_PHI_ENDPOINT_KEY"
 
 def run_local(cfg) -> None:
     """action=deploy, target=local: `model.*` found, loaded, checked and served on `port`."""
-    ref = find_model(cfg.model, cfg.tracking_uri, cfg.output_root, for_azureml=False)
+    ref = find_model(
+        cfg.model, cfg.tracking_uri, cfg.output_root, for_azureml=False, default_alias=cfg.gate.alias
+    )
     chat_model = load_checked_model(ref, cfg.tracking_uri, cfg.parity.check)
     target = OmegaConf.to_object(cfg.target)  # the LocalTarget dataclass, with its limits and settings
     return serve(chat_model, target.limits, target.server, port=int(cfg.port), key_env=cfg.key_env)
