@@ -22,7 +22,7 @@ Features and the keys that control them:
 - adapters: `peft=none|lora|qlora|dora` and `peft.<field>`; QLoRA refuses to start
   without CUDA before loading anything; `logger.peft_save=merged|adapter`.
 - training: every TRL `SFTConfig` field as `sft.<field>` (packing, assistant_only_loss,
-  gradient_checkpointing, bf16, eval_strategy, ...).
+  activation_checkpointing, bf16, eval_strategy, ...).
 - tracking: params (bounded for Azure ML), metrics, resolved config, chat template,
   loss curve, held-out answers (`eval.generate_samples`), and the model as an MLflow
   `llm/v1/chat` model, registered under `logger.registered_model_name` and tagged with git
@@ -100,6 +100,7 @@ class Setup:
 def set_up(cfg: DictConfig) -> Setup:
     """Everything before the first step; what can fail without a download fails first."""
     model.check_peft_hardware(cfg.peft)  # before anything is written or loaded
+    data.refuse_demo_model_on_own_data(cfg)
     set_seed(cfg.seed)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -80,6 +80,7 @@ def test_prepare_command_names_the_bad_row_and_writes_nothing_trainable(tmp_path
         f"data.source={src}",
         f"data.output_dir={out}",
         f"paths.output_root={tmp_path}/outputs",
+        "model.demo_only=false",  # the tiny model's tokenizer is enough to check rows
     )
     assert result.returncode == 2
     # One line, no traceback (through Hydra's error reporting too).
@@ -88,3 +89,17 @@ def test_prepare_command_names_the_bad_row_and_writes_nothing_trainable(tmp_path
     assert "data.on_error=skip" in line  # says what to do
     assert "Traceback" not in result.stderr and "HYDRA_FULL_ERROR" not in result.stderr
     assert not (out / "train.jsonl").exists()
+
+
+@pytest.mark.parametrize("module", ["train", "train.prepare"])
+def test_own_data_with_the_demo_model_stops_naming_the_presets(tmp_path, module):
+    src = tmp_path / "my_chats.jsonl"
+    src.write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+    )
+    result = run_module(module, f"data.source={src}", f"paths.output_root={tmp_path}/outputs")
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: data.source={src} with the tiny demo model")
+    assert "model=smollm2" in line and "+profile=a100" in line and "model.demo_only=false" in line
+    assert not (tmp_path / "outputs" / "mlflow.db").exists()

@@ -10,6 +10,7 @@ from train.prepare import preview
 
 def prepare_and_report(cfg: DictConfig) -> data.PreparedData:
     """Prepare `cfg.data` with the model's tokenizer, print counts and stats (and a preview)."""
+    data.refuse_demo_model_on_own_data(cfg)
     tokenizer = model.load_tokenizer(cfg.model)
     prepared = data.prepare_for(cfg, tokenizer)
     stats = prepared.stats

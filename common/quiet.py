@@ -1,0 +1,67 @@
+"""Known-harmless third-party messages, filtered once per process (docs/quiet.md lists them).
+
+Each filter names the library, the exact message and why it is harmless here; anything else a
+library says still prints. `FINETUNE_PHI_VERBOSE=1` keeps them all (and Azure's HTTP log).
+Applied from each layer's package `__init__` (train, deploy), before the libraries are imported,
+since some of them speak at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+# logger name -> message fragments dropped from it (logging.Filter on that logger).
+KNOWN_HARMLESS = {
+    # torchao tries its CUDA/CUTLASS kernels (_C_mxfp8, _C_cutlass_90a) on import: without a
+    # matching GPU they cannot load, and nothing this project uses needs them there.
+    "torchao": ("Failed to load ",),
+    # torchao 0.17 registers its Enums as pytree constants, which torch 2.13 calls deprecated:
+    # a note for torchao's maintainers, not for users (one line per Enum on import).
+    "torch.utils._pytree": ("is an Enum subclass and is now natively supported",),
+}
+# Loggers quieted to errors: what they say at warning level alarms every command and concerns none.
+QUIET_TO_ERRORS = (
+    # bitsandbytes, on CPUs with AVX512-BF16: an optional CPU 4-bit kernel package is missing;
+    # QLoRA needs CUDA here anyway (train.model refuses it on a CPU).
+    "bitsandbytes.backends.cpu.ops",
+)
+# Python warnings (message regex, category): raised inside a library by another library's call.
+KNOWN_HARMLESS_WARNINGS = (
+    # TRL 1.16 and peft read transformers' `is_gradient_checkpointing`, deprecated in 5.x for
+    # `is_activation_checkpointing`: the same value, so a note for them, not for users.
+    (r"`is_gradient_checkpointing` is deprecated", FutureWarning),
+)
+# azure-core logs every request and response header at INFO once any handler is configured
+# (Hydra configures one): dozens of lines per call. On only when asked for.
+AZURE_HTTP_LOGGER = "azure.core.pipeline.policies.http_logging_policy"
+
+
+class _DropFragments(logging.Filter):
+    def __init__(self, fragments: tuple[str, ...]):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(fragment in message for fragment in self.fragments)
+
+
+def verbose() -> bool:
+    return os.environ.get("FINETUNE_PHI_VERBOSE", "") not in ("", "0", "false")
+
+
+def quiet_known_noise() -> None:
+    """Install the filters (idempotent); a no-op with FINETUNE_PHI_VERBOSE=1."""
+    if verbose():
+        return
+    for name, fragments in KNOWN_HARMLESS.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropFragments) for f in logger.filters):
+            logger.addFilter(_DropFragments(fragments))
+    for name in QUIET_TO_ERRORS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger(AZURE_HTTP_LOGGER).setLevel(logging.WARNING)
+    for message, category in KNOWN_HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
