@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 
 # logger name -> message fragments dropped from it (logging.Filter on that logger).
@@ -20,6 +21,9 @@ KNOWN_HARMLESS = {
     # torchao 0.17 registers its Enums as pytree constants, which torch 2.13 calls deprecated:
     # a note for torchao's maintainers, not for users (one line per Enum on import).
     "torch.utils._pytree": ("is an Enum subclass and is now natively supported",),
+    # MLflow's sqlite store announces creating and migrating its tables on a store's first use.
+    # (A filter, not a level: MLflow's logging setup resets its child loggers' levels on import.)
+    "mlflow.store.db.utils": ("Creating initial MLflow database tables", "Updating database tables"),
 }
 # Loggers quieted to errors: what they say at warning level alarms every command and concerns none.
 QUIET_TO_ERRORS = (
@@ -53,9 +57,13 @@ def verbose() -> bool:
 
 
 def quiet_known_noise() -> None:
-    """Install the filters (idempotent); a no-op with FINETUNE_PHI_VERBOSE=1."""
+    """Install the filters (idempotent); a no-op with FINETUNE_PHI_VERBOSE=1. Off a terminal,
+    the Hugging Face libraries' progress bars too: in a log each redraw is another line."""
     if verbose():
         return
+    if not sys.stderr.isatty():  # read by datasets and huggingface_hub (hence transformers) on import
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     for name, fragments in KNOWN_HARMLESS.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropFragments) for f in logger.filters):

@@ -267,6 +267,9 @@ class LoggerConfig:
     log_model: bool = True
     # Register it under this name (null: log only).
     registered_model_name: str | None = None
+    # A sweep's points log their models but register none (the sweep's summary names the best
+    # point's run, servable as model.uri=runs:/<run>/model); true registers every point.
+    register_sweep_points: bool = False
     # PEFT runs: merged (adapters folded into the base, servable as is) or adapter.
     peft_save: PeftSave = PeftSave.merged
     # Extra tags on the run.

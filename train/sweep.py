@@ -27,6 +27,22 @@ PARENT_RUN_ENV = "FINETUNE_PHI_PARENT_RUN_ID"
 OBJECTIVE = "eval_loss"
 
 
+def best_point_summary(best, points: int) -> str:
+    """The lines a sweep ends with: the best point, its run, and how to serve or register it."""
+    run_id = best.info.run_id
+    return "\n".join(
+        [
+            "",
+            f"Sweep finished: {points} points.",
+            f"  best point     {best.data.tags.get('hydra.overrides', '') or '(no overrides)'}",
+            f"  {OBJECTIVE:<14} {best.data.metrics[OBJECTIVE]:.4f}",
+            f"  MLflow run     {run_id} ({best.info.run_name})",
+            f"  next           python -m deploy target=local model.uri=runs:/{run_id}/model  (serve it;"
+            " points register no version unless logger.register_sweep_points=true)",
+        ]
+    )
+
+
 class MLflowSweepCallback(Callback):
     def __init__(self) -> None:
         self.parent_run_id: str | None = None
@@ -79,6 +95,7 @@ class MLflowSweepCallback(Callback):
             client.log_metric(self.parent_run_id, f"best_{OBJECTIVE}", best.data.metrics[OBJECTIVE])
             client.set_tag(self.parent_run_id, "best_run_id", best.info.run_id)
             client.set_tag(self.parent_run_id, "best_overrides", best.data.tags.get("hydra.overrides", ""))
+            print(best_point_summary(best, len(children)), flush=True)
         results = Path(config.hydra.sweep.dir) / "optimization_results.yaml"  # written by the Optuna sweeper
         if results.exists():
             client.log_artifact(self.parent_run_id, str(results), "sweep")

@@ -103,3 +103,16 @@ def test_own_data_with_the_demo_model_stops_naming_the_presets(tmp_path, module)
     assert line.startswith(f"error: data.source={src} with the tiny demo model")
     assert "model=smollm2" in line and "+profile=a100" in line and "model.demo_only=false" in line
     assert not (tmp_path / "outputs" / "mlflow.db").exists()
+
+
+def test_a_hub_model_not_cached_while_offline_stops_at_once(tmp_path):
+    result = run_module(
+        "train.prepare",
+        "+profile=a100",
+        f"paths.output_root={tmp_path}/outputs",
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+    )
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "microsoft/Phi-3.5-mini-instruct is not in the local Hugging Face cache" in line
+    assert "HF_HUB_OFFLINE" in line and "model.name_or_path=" in line
