@@ -111,6 +111,14 @@ def ensure_hub_model_available(model_cfg) -> None:
         constants.HF_HUB_OFFLINE = True
 
 
+def context_length(model_cfg) -> int | None:
+    """The model's context window (config.json's max_position_embeddings), if it says."""
+    config = AutoConfig.from_pretrained(
+        model_cfg.name_or_path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
+    )
+    return getattr(config, "max_position_embeddings", None)
+
+
 def load_tokenizer(model_cfg) -> PreTrainedTokenizerBase:
     """The model's tokenizer with the configured chat template and a pad token that is no stop token.
 
