@@ -5,11 +5,13 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from train import data, model
+from train.gguf_model import resolve_gguf
 from train.prepare import preview
 
 
 def prepare_and_report(cfg: DictConfig) -> data.PreparedData:
     """Prepare `cfg.data` with the model's tokenizer, print counts and stats (and a preview)."""
+    resolve_gguf(cfg.model)  # model.gguf_file (model=smollm2): converted once into a model directory
     data.refuse_demo_model_on_own_data(cfg)
     tokenizer = model.load_tokenizer(cfg.model)
     prepared = data.prepare_for(cfg, tokenizer)
