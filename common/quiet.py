@@ -24,6 +24,12 @@ KNOWN_HARMLESS = {
     # MLflow's sqlite store announces creating and migrating its tables on a store's first use.
     # (A filter, not a level: MLflow's logging setup resets its child loggers' levels on import.)
     "mlflow.store.db.utils": ("Creating initial MLflow database tables", "Updating database tables"),
+    # azure-ai-ml marks schemas it loads for every entity (auto-delete settings, IP protection)
+    # as experimental, once per class, when the client builds a job or a deployment we send.
+    "azure.ai.ml._utils._experimental": ("This is an experimental class",),
+    # azure-identity logs each credential that failed; the command then says in one line what to
+    # do (common.cli_errors.explain: `az login`), so the log line only repeats it.
+    "azure.identity._internal.decorators": ("get_token_info failed", "get_token failed"),
 }
 # Loggers quieted to errors: what they say at warning level alarms every command and concerns none.
 QUIET_TO_ERRORS = (

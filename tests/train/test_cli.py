@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -116,3 +119,24 @@ def test_a_hub_model_not_cached_while_offline_stops_at_once(tmp_path):
     (line,) = result.stderr.strip().splitlines()
     assert "microsoft/Phi-3.5-mini-instruct is not in the local Hugging Face cache" in line
     assert "HF_HUB_OFFLINE" in line and "model.name_or_path=" in line
+
+
+def test_no_azure_login_is_one_line_saying_az_login(tmp_path):
+    """azure-identity's real AzureCliCredential, with no `az` on PATH (no network call is made)."""
+    result = run_module(
+        "train",
+        "+profile=cpu",
+        "target=azureml",
+        "target.workspace.credential=azure_cli",
+        f"paths.output_root={tmp_path}/outputs",
+        env={
+            "AZURE_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000000",
+            "AZURE_RESOURCE_GROUP": "rg",
+            "AZUREML_WORKSPACE_NAME": "ws",
+            "PATH": str(Path(sys.executable).parent),
+        },
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "experimental class" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "WARNING" in line or line.startswith("error")]
+    assert line.startswith("error: no Azure login that works here: run `az login`")
