@@ -24,6 +24,9 @@ KNOWN_HARMLESS = {
     # MLflow's sqlite store announces creating and migrating its tables on a store's first use.
     # (A filter, not a level: MLflow's logging setup resets its child loggers' levels on import.)
     "mlflow.store.db.utils": ("Creating initial MLflow database tables", "Updating database tables"),
+    # MLflow looks up a model card and a licence on the hub for every transformers model it saves;
+    # a fine-tuned model saved from a local folder has neither there (the run logs its config).
+    "mlflow.transformers": ("The model card could not be retrieved", "Unable to find license information"),
     # azure-ai-ml marks schemas it loads for every entity (auto-delete settings, IP protection)
     # as experimental, once per class, when the client builds a job or a deployment we send.
     "azure.ai.ml._utils._experimental": ("This is an experimental class",),
