@@ -18,6 +18,8 @@ KNOWN_HARMLESS = {
     # torchao tries its CUDA/CUTLASS kernels (_C_mxfp8, _C_cutlass_90a) on import: without a
     # matching GPU they cannot load, and nothing this project uses needs them there.
     "torchao": ("Failed to load ",),
+    # ... and its int-matmul kernels note that Triton (a CUDA compiler) is absent: CPU machines.
+    "torchao.kernel.intmm": ("Detected no triton",),
     # torchao 0.17 registers its Enums as pytree constants, which torch 2.13 calls deprecated:
     # a note for torchao's maintainers, not for users (one line per Enum on import).
     "torch.utils._pytree": ("is an Enum subclass and is now natively supported",),
