@@ -61,8 +61,9 @@ constraints: ## re-resolve constraints.txt after changing pyproject.toml (UPGRAD
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev $(FIND_LINKS) --python-version 3.11 \
 		--no-header --no-annotate -o constraints.new $(UPGRADE)
 	@{ sed -n '/^#/p' constraints.txt; grep -v '^#' constraints.new | grep -vE '^(cuda-|nvidia-|triton==)' \
-		| sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.txt
-	@rm constraints.new
+		| sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.tmp
+	@# Through a temporary file: `> constraints.txt` would empty it before sed reads its header.
+	@mv constraints.tmp constraints.txt && rm constraints.new
 
 gpu-kit: ## download the wheels bench-gpu installs on a bare CUDA box into .whl/ (bench/gpu_kit.txt, ~20 MiB)
 	bash bench/gpu_kit.sh
