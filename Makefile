@@ -8,6 +8,9 @@ PY := $(VENV)/bin/python
 AGENT_VENV ?= .venv-agent
 AGENT_PY := $(AGENT_VENV)/bin/python
 UV_VERSION := 0.13.9
+# make serve|chat MODEL=<registered name> PORT=<port>; the default is what `make demo` registers.
+MODEL ?= tiny-phi3-sft
+PORT ?= 8000
 # CPU machines here keep a local torch wheel in PIP_FIND_LINKS (/opt/wheels); elsewhere
 # the same version comes from PyPI (the CUDA build on Linux).
 FIND_LINKS := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),)
@@ -16,7 +19,7 @@ FIND_LINKS := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 setup: $(VENV)/.installed ## create .venv and install the project with the pinned stack (constraints.txt)
 
@@ -55,6 +58,15 @@ demo: setup ## fine-tune the tiny offline model on the bundled data and register
 e2e: setup agent-setup ## train + register the tiny model, serve it, ask Prompt flow and Agent Framework the same questions, compare
 	$(PY) -m e2e
 
+serve: setup ## serve MODEL (@champion, else its latest version) on 127.0.0.1:PORT until Ctrl-C
+	$(PY) -m deploy target=local model.name=$(MODEL) port=$(PORT)
+
+chat: setup ## chat with MODEL (@champion, else its latest version) in the terminal
+	$(PY) -m deploy action=chat model.name=$(MODEL)
+
+models: setup ## list registered models: versions, aliases and their eval.* scores
+	$(PY) -m deploy action=list
+
 test: setup agent-setup ## run every test that can run here (GPU tests are skipped without CUDA)
 	$(PY) -m pytest
 
@@ -87,4 +99,4 @@ bench-gpu: ## on a CUDA box with .whl/: install it offline, run the Phi-3-mini/3
 clean-outputs: ## delete local runs and the local MLflow store (asks first)
 	@read -p "Delete ./outputs (all local runs and registered models)? [y/N] " a && [ "$$a" = y ] && rm -rf outputs
 
-.PHONY: help setup agent-setup agent-constraints demo e2e test lint format constraints gpu-kit bench-gpu clean-outputs
+.PHONY: help setup agent-setup agent-constraints demo e2e serve chat models test lint format constraints gpu-kit bench-gpu clean-outputs

@@ -45,7 +45,12 @@ DEFAULT_QUESTIONS = (DEFAULT_QUESTION, "What is the first word of: amber river",
 # Cheap settings for a demo of the path: the same 2 epochs as `make demo` (1 epoch scores 0%
 # held-out exact match), minus the held-out generation before/after training, the per-epoch
 # eval (the final one still runs) and checkpoints.
-DEFAULT_TRAIN_OVERRIDES = ("eval.generate_samples=0", "sft.eval_strategy=no", "sft.save_strategy=no")
+DEFAULT_TRAIN_OVERRIDES = (
+    "eval.generate_samples=0",
+    "sft.eval_strategy=no",
+    "sft.save_strategy=no",
+    "logger.registered_model_name=e2e-tiny-phi3-sft",  # its own name: no versions piled on the demo's
+)
 KEY_ENV = "FINETUNE_PHI_ENDPOINT_KEY"
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -128,6 +129,9 @@ class ModelConfig:
     name_or_path: str = MISSING
     # Short name used in the registered model name and run names.
     short_name: str = MISSING
+    # A model made for the demo only (the tiny one): training or preparing your own data with
+    # it stops and names the real presets; false lets it through (to test the pipeline).
+    demo_only: bool = False
     # A GGUF file (absolute, or relative to name_or_path): dequantized once into a plain model
     # directory in the cache, which name_or_path then points at (train/gguf_model.py).
     gguf_file: str | None = None
@@ -275,6 +279,9 @@ class LoggerConfig:
     log_model: bool = True
     # Register it under this name (null: log only).
     registered_model_name: str | None = None
+    # A sweep's points log their models but register none (the sweep's summary names the best
+    # point's run, servable as model.uri=runs:/<run>/model); true registers every point.
+    register_sweep_points: bool = False
     # PEFT runs: merged (adapters folded into the base, servable as is) or adapter.
     peft_save: PeftSave = PeftSave.merged
     # Extra tags on the run.
@@ -412,6 +419,24 @@ def _bundled_eval_for(source: str) -> str | None:
     return str(assets / "sample_test.jsonl") if Path(source) == assets / "sample_train.jsonl" else None
 
 
+def is_bundled_sample(source: str) -> bool:
+    """True for the demo's bundled training set (train/assets/sample_train.jsonl)."""
+    return Path(source) == PROJECT_ROOT / "train" / "assets" / "sample_train.jsonl"
+
+
+def _registered_name(short_name: str, source: str) -> str:
+    """`<model>-sft` for the bundled data, else `<model>-<data>-sft`: the source file's or
+    folder's stem (a hub id's last part), so each model and dataset gets its own versions."""
+    if is_bundled_sample(source):
+        return f"{short_name}-sft"
+    source = str(source).rstrip("/")
+    if source.startswith("azureml:") and not source.startswith("azureml://"):
+        source = source.split(":")[1]  # a data asset, azureml:NAME:VERSION
+    stem = Path(source).name.split(".")[0]
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-") or "data"
+    return f"{short_name}-{stem}-sft"
+
+
 def register_configs() -> None:
     """Register the schema as `train_schema`, the first entry of train.yaml's defaults."""
     refuse_keys_outside_the_schema()  # `+sft.learning_rat=1` fails at compose time too
@@ -433,6 +458,8 @@ def register_configs() -> None:
         # ${bundled_eval_for:SOURCE}: the bundled test set, but only for the bundled training set;
         # with your own data.source it is null, so test_size of your rows are held out instead.
         "bundled_eval_for": _bundled_eval_for,
+        # ${registered_name:SHORT_NAME,SOURCE}: the registered model's default name.
+        "registered_name": _registered_name,
         # ${launch_id:}: the run folder's name, shared by every rank of a launch.
         "launch_id": launch_id,
         # ${rank_suffix:}: "" on rank 0, ".rank1" etc. elsewhere (one log file per rank).

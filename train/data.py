@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 from datasets import Dataset, DatasetDict, concatenate_datasets
 from omegaconf import DictConfig
 
+from train.config import is_bundled_sample
+from train.errors import ConfigError
 from train.prepare import ChatTokenizer, DataError, Source, prepare
 
 log = logging.getLogger(__name__)
@@ -189,6 +191,19 @@ def _split(prepared: PreparedData, name: str) -> Dataset:
     tokens = Dataset.from_parquet(str(prepared.dir / f"{name}.tokens.parquet"))
     messages = Dataset.from_dict({"messages": _read_messages(prepared.dir / f"{name}.jsonl")})
     return concatenate_datasets([messages, tokens], axis=1)
+
+
+def refuse_demo_model_on_own_data(cfg: DictConfig) -> None:
+    """The tiny demo model learns nothing from real conversations (its 512-token vocabulary was
+    made from the bundled data): stop before anything is prepared, naming the real presets."""
+    if not cfg.model.demo_only or is_bundled_sample(cfg.data.source):
+        return
+    raise ConfigError(
+        f"data.source={cfg.data.source} with the tiny demo model ({cfg.model.short_name}), which "
+        "cannot learn real conversations: add model=smollm2 (a CPU), +profile=a100|h100|h200|24gb "
+        "(Phi-3.5-mini on a GPU) or model=phi35_mini|phi3_mini_4k; model.demo_only=false trains "
+        "the demo model anyway (to try the pipeline)"
+    )
 
 
 def load_splits(cfg: DictConfig, tokenizer) -> tuple[DatasetDict, PreparedData]:

@@ -62,4 +62,5 @@ def run_promote(cfg) -> Comparison | None:
         print(f"no version held @{alias} yet: promoted v{version} on its own metrics")
     else:
         print(f"promoted: @{alias} moved from v{holder} to v{version}")
+    print(f"next: make serve MODEL={name}  (serves @{alias}: v{version}), or make chat MODEL={name}")
     return comparison

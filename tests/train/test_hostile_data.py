@@ -58,6 +58,7 @@ def prepare_cli(tmp_path: Path, source: Path, *overrides: str):
         "data.eval_source=null",
         f"data.output_dir={tmp_path}/prepared",
         "data.max_turns=20",
+        "model.demo_only=false",  # the tiny model's tokenizer is enough to check rows
         f"paths.output_root={tmp_path}/outputs",
         *overrides,
     )
@@ -108,6 +109,7 @@ def prepare(compose_train, tmp_path: Path, source: Path, *overrides: str) -> dic
         f"data.source={source}",
         "data.eval_source=null",
         f"data.output_dir={tmp_path}/prepared",
+        "model.demo_only=false",  # the tiny model's tokenizer is enough to check rows
         *overrides,
         tmp=tmp_path,
     )
@@ -154,7 +156,9 @@ def test_work_per_row_is_linear_in_its_turns_and_max_turns_names_the_row(
     whole = sum(len(m["content"]) for m in row["messages"])
     assert len(tokenized) <= 3 + 13 and sum(tokenized) < 4 * whole  # every prefix: about 1,000 x whole
     src = write_jsonl(tmp_path / "capped.jsonl", [chat("short"), many_turns(1001)])
-    cfg = compose_train(f"data.source={src}", "data.eval_source=null", tmp=tmp_path / "capped")
+    cfg = compose_train(
+        f"data.source={src}", "data.eval_source=null", "model.demo_only=false", tmp=tmp_path / "capped"
+    )
     with pytest.raises(DataError, match=r"capped\.jsonl line 2: 1001 messages, over data\.max_turns=1000"):
         prepare_and_report(cfg)
 
@@ -185,7 +189,7 @@ def test_a_bad_byte_in_a_csv_costs_its_row_and_is_named_by_its_line(compose_trai
     (reject,) = read_jsonl(tmp_path / "prepared" / "rejects.jsonl")
     assert reject["line"] == 3003 and "byte 0xe9 at character 11 of column 1" in reject["reason"]
     assert reject["raw"][0] == "two\nlines \\xe9"
-    cfg = compose_train(f"data.source={src}", "data.eval_source=null", tmp=tmp_path)
+    cfg = compose_train(f"data.source={src}", "data.eval_source=null", "model.demo_only=false", tmp=tmp_path)
     with pytest.raises(DataError, match=r"chats\.csv line 3003: invalid UTF-8: byte 0xe9"):
         prepare_and_report(cfg)
 
@@ -199,7 +203,9 @@ def test_unreadable_links_are_counted_and_listed_or_stop_the_run(compose_train, 
     stats = prepare(compose_train, tmp_path, folder, "data.on_error=skip")
     assert [Path(p).name for p in stats["unreadable_links"]] == ["b.jsonl", "c.jsonl"]
     assert stats["kept"] == 2
-    cfg = compose_train(f"data.source={folder}", "data.eval_source=null", tmp=tmp_path / "fail")
+    cfg = compose_train(
+        f"data.source={folder}", "data.eval_source=null", "model.demo_only=false", tmp=tmp_path / "fail"
+    )
     with pytest.raises(
         DataError, match=r"b\.jsonl: a dangling link \(to .*nowhere\.jsonl, which does not exist\)"
     ):
