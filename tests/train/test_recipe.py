@@ -130,3 +130,21 @@ def test_qlora_without_cuda_stops_before_loading(compose_train, tmp_path, monkey
     with pytest.raises(ConfigError, match="CUDA"):
         run(cfg)
     assert not (tmp_path / "outputs").exists()  # nothing was written, nothing downloaded
+
+
+def test_a_token_budget_trains_about_that_many_tokens(tmp_path):
+    """token_budget sets the steps from the prepared rows' mean length; transformers counts what the
+    trainer actually saw (padding excluded). Without it, 2 epochs of 640 rows would train ~10x more."""
+    cfg = compose_config(
+        "data.max_train_rows=640",
+        "data.max_eval_rows=16",
+        "token_budget=4000",
+        "sft.per_device_train_batch_size=16",
+        "sft.include_num_input_tokens_seen=non_padding",
+        "sft.disable_tqdm=true",
+        "eval.generate_samples=0",
+        "logger.log_model=false",
+        tmp=tmp_path,
+    )
+    metrics = run(cfg)
+    assert metrics["num_input_tokens_seen"] == pytest.approx(4000, rel=0.25)
