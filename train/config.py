@@ -220,6 +220,11 @@ class EvalConfig:
     # the last assistant turn is logged, and the answers as an MLflow table. 0 disables.
     generate_samples: int = 0
     max_new_tokens: int = 32
+    # Generation tasks asked before and after training (common/generation_tasks.py), e.g. the
+    # general-knowledge regression set common/assets/general_knowledge.yaml: <task>_contains
+    # before and after, and <task>_kept (of the questions answered right before, the share still
+    # answered right after); their answers as MLflow tables.
+    tasks: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -399,6 +404,10 @@ class TrainConfig:
     # Print N prepared examples as the trainer sees them (trained tokens marked) before
     # training; `python -m train.prepare preview=N` prints them without training.
     preview: int = 0
+    # Train on about this many tokens of the training rows (their own tokens; padding not counted)
+    # instead of sft.num_train_epochs: sets sft.max_steps from the prepared rows' mean length, the
+    # batch and the processes (train/sft.py). null: sft.max_steps / num_train_epochs as set.
+    token_budget: int | None = None
 
 
 def make_train_schema() -> type:

@@ -8,6 +8,7 @@ reference answer; whether each answer ended on a stop token says whether the mod
 
 from __future__ import annotations
 
+from common import generation_tasks
 from common.generation import Generator, split_for_generation
 
 
@@ -41,4 +42,25 @@ def exact_match_eval(model, tokenizer, conversations, n: int, max_new_tokens: in
     ]
     exact = sum(r["answer"] == r["reference"].strip() for r in rows) / len(rows)
     stopped = sum(r["finish_reason"] == "stop" for r in rows) / len(rows)
-    return {"exact_match": exact, "stop_rate": stopped}, rows
+    return {"exact_match": exact, "stop_rate": stopped, "held_out_rows": len(rows)}, rows
+
+
+def ask_tasks(model, tokenizer, paths: list[str]) -> dict[str, list[dict]]:
+    """Each generation task's answers (common/generation_tasks.py), by task name."""
+    tasks = [generation_tasks.load_generation_task(path) for path in paths]  # a bad file fails first
+    return {task.name: generation_tasks.evaluate_generation_task(model, tokenizer, task)[1] for task in tasks}
+
+
+def task_metrics(before: dict[str, list[dict]], after: dict[str, list[dict]]) -> dict[str, float]:
+    """Per task: `<task>_contains_before`/`_after`, `<task>_kept` (of the right answers before, the
+    share right after) and `<task>_questions`, from `ask_tasks`' rows keyed `<task>_<when>`."""
+    metrics: dict[str, float] = {}
+    for key, rows in (before | after).items():
+        task = key.rsplit("_", 1)[0]
+        metrics[f"{task}_contains_{key.rsplit('_', 1)[1]}"] = sum(r["contains"] for r in rows) / len(rows)
+        metrics[f"{task}_questions"] = len(rows)
+    for key, rows in before.items():
+        task = key.removesuffix("_before")
+        if f"{task}_after" in after:
+            metrics[f"{task}_kept"] = generation_tasks.kept(rows, after[f"{task}_after"])
+    return metrics

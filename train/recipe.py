@@ -60,7 +60,7 @@ from common import mlflow_tables
 from train import checkpoint, data, evaluate, gguf_model, launch, model, sweep, tracking
 from train.config import PeftMethod, PeftSave, sft_schema
 from train.prepare import preview
-from train.sft import sft_args
+from train.sft import sft_args, steps_for_token_budget
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
         return train(cfg, setup)  # the collectives of training, evaluation and the sharded save
     with track(cfg, setup) as mlflow_run:
         before, _ = answer_held_out(cfg, setup, "before")
+        asked_before = ask_tasks(cfg, setup, "before")
         trained = train(cfg, setup)
         after, answers = answer_held_out(cfg, setup, "after")
-        metrics = before | trained | after
-        log_results(setup, metrics, answers)
+        asked_after = ask_tasks(cfg, setup, "after")
+        metrics = before | trained | after | evaluate.task_metrics(asked_before, asked_after)
+        log_results(setup, metrics, answers, asked_before | asked_after)
         version = log_and_register(cfg, setup, metrics, mlflow_run.info.run_id)
     return summarize(setup, metrics, mlflow_run.info.run_id, version, held_out_rows=len(answers))
 
@@ -115,6 +117,9 @@ def set_up(cfg: DictConfig) -> Setup:
         splits, prepared = data.load_splits(cfg, tokenizer)
     if cfg.preview:
         print(preview.render(cfg, tokenizer, prepared, cfg.preview))
+    if cfg.token_budget:
+        args.max_steps = steps_for_token_budget(args, cfg.token_budget, prepared.stats)
+        log.info("token_budget %d: %d optimizer steps", cfg.token_budget, args.max_steps)
     trainer = SFTTrainer(
         model=model.load_model(cfg.model, cfg.peft, tokenizer),
         args=args,
@@ -173,7 +178,20 @@ def answer_held_out(cfg: DictConfig, setup: Setup, when: str) -> tuple[dict[str,
     scores, answers = evaluate.exact_match_eval(
         setup.trainer.model, setup.tokenizer, setup.splits["test"]["messages"], n, cfg.eval.max_new_tokens
     )
-    return {f"{name}_{when}": value for name, value in scores.items()}, answers
+    rows = scores.pop("held_out_rows", 0)
+    return {f"{name}_{when}": value for name, value in scores.items()} | {"held_out_rows": rows}, answers
+
+
+def ask_tasks(cfg: DictConfig, setup: Setup, when: str) -> dict[str, list[dict]]:
+    """The answers to each generation task of `eval.tasks` (the regression set), keyed
+    `<task>_<when>`; rank 0 alone, skipped with sharded weights as `answer_held_out` is."""
+    if setup.sharded or not cfg.eval.tasks:
+        return {}
+    log.info("asking %d generation task(s) %s training", len(cfg.eval.tasks), when)
+    return {
+        f"{name}_{when}": rows
+        for name, rows in evaluate.ask_tasks(setup.trainer.model, setup.tokenizer, cfg.eval.tasks).items()
+    }
 
 
 def train(cfg: DictConfig, setup: Setup) -> dict[str, float]:
@@ -184,12 +202,14 @@ def train(cfg: DictConfig, setup: Setup) -> dict[str, float]:
     trainer = setup.trainer
     trainer.accelerator.wait_for_everyone()  # rank 0 may still be answering held-out prompts
     log.info("training")
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     result = trainer.train(resume_from_checkpoint=str(setup.resume_from) if setup.resume_from else None)
     if setup.stop_on_signal.interrupted:
         raise checkpoint.TrainingInterrupted(trainer.state.global_step)
     metrics = {k: float(v) for k, v in result.metrics.items()}
     metrics["train_wall_seconds"] = time.perf_counter() - started
+    # CPU seconds of this process (all its threads): on a shared machine, what the run cost
+    metrics["train_cpu_seconds"] = time.process_time() - cpu_started
     metrics |= {k: float(v) for k, v in trainer.evaluate().items()}
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     if losses:  # a resume at the last step trains (and logs) nothing new
@@ -201,13 +221,17 @@ def train(cfg: DictConfig, setup: Setup) -> dict[str, float]:
     return metrics
 
 
-def log_results(setup: Setup, metrics: dict[str, float], answers: list[dict]) -> None:
-    """The final metrics, the held-out answers as a table and the loss curve."""
+def log_results(
+    setup: Setup, metrics: dict[str, float], answers: list[dict], asked: dict[str, list[dict]]
+) -> None:
+    """The final metrics, the held-out answers and the tasks' answers as tables, the loss curve."""
     if answers:
         mlflow_tables.log_table(  # mlflow.log_table fails on Azure ML's tracking server: see there
             {k: [a[k] for a in answers] for k in ("prompt", "reference", "answer", "finish_reason")},
             "eval/answers.json",
         )
+    for name, rows in asked.items():
+        mlflow_tables.log_table(rows, f"eval/{name}.json")
     mlflow.log_metrics(metrics)
     curve = tracking.log_loss_curve(setup.trainer.state.log_history, setup.output_dir / "loss_curve.png")
     mlflow.log_artifact(str(curve))
@@ -255,6 +279,7 @@ def summarize(
         "registered_model": f"{version.name}/{version.version}" if version else None,
         "resumed_from": str(setup.resume_from) if setup.resume_from else None,
         "metrics": metrics,
+        "process_cpu_seconds": time.process_time(),  # the whole run so far (all threads)
     }
     (setup.output_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     print_summary(summary)
@@ -364,6 +389,11 @@ def print_summary(summary: dict) -> None:
         lines.append(
             f"  answers that stop     {m['stop_rate_before']:.0%} before -> {m['stop_rate_after']:.0%} after"
             " (end on a stop token, not at eval.max_new_tokens)"
+        )
+    for task in sorted(k.removesuffix("_kept") for k in m if k.endswith("_kept")):
+        lines.append(
+            f"  {task}  {m[f'{task}_contains_before']:.0%} before -> {m[f'{task}_contains_after']:.0%} after; "
+            f"{m[f'{task}_kept']:.0%} of the right answers kept ({m[f'{task}_questions']:.0f} questions)"
         )
     lines += [
         f"  MLflow run     {summary['mlflow_run_id']}",

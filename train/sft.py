@@ -33,3 +33,11 @@ def sft_args(cfg: DictConfig) -> SFTConfig:
         run_name=cfg.logger.run_name,
         **kwargs,
     )
+
+
+def steps_for_token_budget(args: SFTConfig, token_budget: int, stats: dict) -> int:
+    """Optimizer steps that train on about `token_budget` tokens of the prepared training rows:
+    the budget over (mean tokens per row x rows per optimizer step), at least one."""
+    mean_row_tokens = stats["tokens"]["train"] / max(stats["train"], 1)
+    rows_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    return max(1, round(token_budget / (mean_row_tokens * rows_per_step)))

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 HIGHER_IS_BETTER = ("exact_match", "token_f1", "rouge_l", "stop_rate", "judge")
 LOWER_IS_BETTER = ("empty_rate", "error_rate", "latency_p50_s", "latency_p95_s")
 REPORTED_ONLY = ("answer_tokens_mean", "judge_errors")
-# lm-evaluation-harness task metrics are named <task>_acc and <task>_acc_norm (deploy/evaluate/lm_eval_tasks.py).
-TASK_METRIC_SUFFIXES = ("_acc", "_acc_norm")
+# lm-evaluation-harness task metrics are named <task>_acc and <task>_acc_norm (deploy/evaluate/lm_eval_tasks.py),
+# a generation task's <task>_contains (common/generation_tasks.py).
+TASK_METRIC_SUFFIXES = ("_acc", "_acc_norm", "_contains")
 
 
 class PromotionRefused(RuntimeError):
@@ -104,7 +105,7 @@ def compare(
         if tol is not None and direction is None:
             raise GateError(
                 f"gate.tolerance.{metric}={tol}: {metric} has no better direction; set it to null "
-                f"(gated metrics: {', '.join(HIGHER_IS_BETTER + LOWER_IS_BETTER)}, <task>_acc, <task>_acc_norm)"
+                f"(gated metrics: {', '.join(HIGHER_IS_BETTER + LOWER_IS_BETTER)}, <task>_acc, <task>_acc_norm, <task>_contains)"
             )
         if tol is None:
             verdicts.append(Verdict(metric, new, old, None, None, "reported"))

@@ -20,6 +20,8 @@ tests/deploy/evaluate/test_lm_eval_tasks.py): per-choice log-likelihoods within 
 same acc/acc_norm per document on ARC- and HellaSwag-style tasks.
 
 The metrics are `<task>_acc` and `<task>_acc_norm`; the gate holds them to `gate.tasks_tolerance`.
+A task file with `output_type: generate_until` is a generation task instead (the general-knowledge
+regression set, common/generation_tasks.py): `<task>_contains`, held to the same tolerance.
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ from pathlib import Path
 
 import jinja2
 import yaml
+
+from common.generation_tasks import (
+    GenerationTask,
+    GenerationTaskError,
+    evaluate_generation_task,
+    is_generation_task,
+    load_generation_task,
+)
 
 # What lm-eval's Jinja environment is (lm_eval/utils.py): undefined fields fail, newlines are kept.
 _JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
@@ -88,8 +98,15 @@ class Task:
         return value
 
 
-def load_task(path: str | Path) -> Task:
+def load_task(path: str | Path) -> Task | GenerationTask:
+    """A multiple-choice task, or a generation task (`output_type: generate_until`, scored by
+    whether the answer holds the reference: common/generation_tasks.py, `<task>_contains`)."""
     path = Path(path)
+    if is_generation_task(path):
+        try:
+            return load_generation_task(path)
+        except GenerationTaskError as e:
+            raise TaskError(str(e)) from e
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as e:
@@ -172,8 +189,11 @@ def score_choices(lls: list[float], choices: list[str], gold: int) -> dict[str, 
     }
 
 
-def evaluate_task(model, tokenizer, task: Task) -> tuple[dict[str, float], list[dict]]:
-    """`<task>_acc` and `<task>_acc_norm`, and a row per document (context, choices, gold, lls)."""
+def evaluate_task(model, tokenizer, task: Task | GenerationTask) -> tuple[dict[str, float], list[dict]]:
+    """`<task>_acc` and `<task>_acc_norm`, and a row per document (context, choices, gold, lls); a
+    generation task's `<task>_contains` and its answers."""
+    if isinstance(task, GenerationTask):
+        return evaluate_generation_task(model, tokenizer, task)
     delimiter = task.config.get("target_delimiter", " ")
     rows = []
     was_training = model.training

@@ -9,6 +9,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from common.generation_tasks import GENERAL_KNOWLEDGE, load_generation_task
 from tests.conftest import compose_config
 from train import tracking
 from train.evaluate import split_for_generation
@@ -131,3 +132,35 @@ def test_qlora_without_cuda_stops_before_loading(compose_train, tmp_path, monkey
     with pytest.raises(ConfigError, match="CUDA"):
         run(cfg)
     assert not (tmp_path / "outputs").exists()  # nothing was written, nothing downloaded
+
+
+def test_a_token_budget_trains_about_that_many_tokens_and_tasks_are_asked_before_and_after(tmp_path):
+    """token_budget sets the steps from the prepared rows' mean length; transformers counts what the
+    trainer actually saw (padding excluded). Without it, 2 epochs of 640 rows would train ~10x more.
+    eval.tasks: the regression set is asked before and after, its scores in the metrics and MLflow."""
+    cfg = compose_config(
+        "data.max_train_rows=640",
+        "data.max_eval_rows=16",
+        "token_budget=4000",
+        "sft.per_device_train_batch_size=16",
+        "sft.include_num_input_tokens_seen=non_padding",
+        "sft.disable_tqdm=true",
+        "eval.generate_samples=0",
+        "logger.log_model=false",
+        f"eval.tasks=[{GENERAL_KNOWLEDGE}]",
+        tmp=tmp_path,
+    )
+    metrics = run(cfg)
+    assert metrics["num_input_tokens_seen"] == pytest.approx(4000, rel=0.25)
+
+    assert metrics["general_knowledge_questions"] == len(load_generation_task(GENERAL_KNOWLEDGE).questions)
+    assert {
+        "general_knowledge_contains_before",
+        "general_knowledge_contains_after",
+        "general_knowledge_kept",
+    } <= set(metrics)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow.db")
+    (logged,) = client.search_runs([client.get_experiment_by_name(cfg.logger.experiment_name).experiment_id])
+    assert "general_knowledge_contains_after" in logged.data.metrics
+    tables = {a.path for a in client.list_artifacts(logged.info.run_id, "eval")}
+    assert {"eval/general_knowledge_before.json", "eval/general_knowledge_after.json"} <= tables

@@ -3,25 +3,51 @@ file and converted once (the `smollm2` fixture); and `model.gguf_file` for any G
 
 from __future__ import annotations
 
-from tests.conftest import run_module
+import pytest
+
+from common.generation_tasks import GENERAL_KNOWLEDGE
+from deploy.evaluate.gate import compare
+from deploy.evaluate.lm_eval_tasks import evaluate_task, load_task
+from tests.conftest import compose_config, run_module
 from train.evaluate import generate_answers
 from train.gguf_model import resolve_gguf
 from train.model import load_model, load_tokenizer
 
 
-def test_the_preset_loads_the_converted_model_and_answers_greedily(smollm2, compose_train):
-    cfg = compose_train("model=smollm2")
+@pytest.fixture(scope="module")
+def preset(smollm2):
+    """The model and tokenizer `python -m train model=smollm2` trains, loaded as training loads them."""
+    cfg = compose_config("model=smollm2")
     resolve_gguf(cfg.model)
     assert cfg.model.name_or_path == smollm2 and cfg.model.gguf_file is None
-
     tokenizer = load_tokenizer(cfg.model)
-    model = load_model(cfg.model, cfg.peft, tokenizer)
+    return load_model(cfg.model, cfg.peft, tokenizer), tokenizer, cfg
+
+
+def test_the_preset_answers_greedily_and_stops(preset):
+    model, tokenizer, _ = preset
     question = [{"role": "user", "content": "What is the capital of France?"}]
     (answer,) = generate_answers(model, tokenizer, [question], max_new_tokens=24)
 
     assert "Paris" in answer["text"], answer
-    assert answer["finish_reason"] == "stop", answer  # it ends on <|im_end|>, the pad is no stop token
+    assert answer["finish_reason"] == "stop", answer  # it ends on <|im_end|>; the pad is no stop token
     assert tokenizer.pad_token_id != tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_the_base_model_answers_the_regression_set_and_the_gate_holds_it(preset):
+    """The set holds questions the base model answers right (its definition), scored through the
+    promotion gate's task mechanism; a candidate that forgets a tenth of them is refused."""
+    model, tokenizer, cfg = preset
+    assert str(GENERAL_KNOWLEDGE) in list(cfg.eval.tasks)
+    task = load_task(GENERAL_KNOWLEDGE)
+    metrics, rows = evaluate_task(model, tokenizer, task)
+
+    assert len(rows) >= 100
+    wrong = [(r["question"], r["answer"]) for r in rows if not r["contains"]]
+    assert metrics["general_knowledge_contains"] >= 0.95, wrong  # batch padding may flip a rare one
+    forgot = {"general_knowledge_contains": metrics["general_knowledge_contains"] - 0.1}
+    assert compare(metrics, metrics, {}, tasks_tolerance=0.05).passed
+    assert compare(forgot, metrics, {}, tasks_tolerance=0.05).failed == ["general_knowledge_contains"]
 
 
 def test_a_missing_gguf_file_is_one_line_naming_the_key(tmp_path):

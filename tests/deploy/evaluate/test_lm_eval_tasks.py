@@ -39,8 +39,11 @@ def test_what_only_lm_eval_can_run_is_refused_naming_file_and_line(tmp_path):
     task.write_text("task: hs\noutput_type: multiple_choice\nprocess_docs: !function utils.process_docs\n")
     with pytest.raises(TaskError, match=r"hs.yaml:3: .*Python hooks run only in lm-eval"):
         load_task(task)
-    task.write_text("task: g\noutput_type: generate_until\ndataset_path: json\n")
-    with pytest.raises(TaskError, match="output_type 'generate_until'"):
+    # A generation task is scored by `contains` (common/generation_tasks.py), not lm-eval's exact_match.
+    task.write_text(
+        "task: g\noutput_type: generate_until\ndataset_path: json\nmetric_list: [{metric: exact_match}]\n"
+    )
+    with pytest.raises(TaskError, match=r"hs.yaml: metric_list \['exact_match'\]: .*'contains' only"):
         load_task(task)
 
 
