@@ -14,6 +14,11 @@ from trl import SFTConfig
 
 
 def sft_args(cfg: DictConfig) -> SFTConfig:
+    return SFTConfig(**sft_kwargs(cfg))
+
+
+def sft_kwargs(cfg: DictConfig) -> dict:
+    """SFTConfig's arguments: `cfg.sft` plus what the recipe sets (also the base of DPO's and KTO's)."""
     kwargs = OmegaConf.to_container(cfg.sft, resolve=True, enum_to_str=True)
     if not torch.accelerator.is_available():
         # Training runs on the CPU anyway; saying so makes accelerate pick gloo when torchrun starts
@@ -24,9 +29,9 @@ def sft_args(cfg: DictConfig) -> SFTConfig:
     # as they are. Told the option, TRL would look up a training template of its own again and
     # refuse every template it does not ship.
     kwargs["assistant_only_loss"] = False
-    return SFTConfig(
-        output_dir=str(Path(cfg.paths.output_dir) / "checkpoints"),
-        report_to="none",  # MLflow: train.tracking's callback and the recipe's stages
-        run_name=cfg.logger.run_name,
+    return {
+        "output_dir": str(Path(cfg.paths.output_dir) / "checkpoints"),
+        "report_to": "none",  # MLflow: train.tracking's callback and the recipe's stages
+        "run_name": cfg.logger.run_name,
         **kwargs,
-    )
+    }
