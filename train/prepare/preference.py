@@ -178,8 +178,12 @@ def prepare_preferences(
             f"{opened.label}: no preference row left to train on; see {output_dir / 'rejects.jsonl'}"
         )
     train, test = parts["train"], parts.get("test")
-    if test is None:
-        train, test = split(train, test_size, seed)
+    if test is None:  # by source row: a pair unpaired for KTO stays on one side of the split
+        groups: dict[str, list[_Row]] = {}
+        for r in train:
+            groups.setdefault(json.dumps(r.origin, sort_keys=True), []).append(r)
+        train_groups, test_groups = split(list(groups.values()), test_size, seed)
+        train, test = [r for g in train_groups for r in g], [r for g in test_groups for r in g]
     stats.train, stats.test = len(train), len(test)
     stats.kept = stats.train + stats.test
     if tokenizer is not None:
