@@ -187,12 +187,26 @@ class PeftConfig:
 
 
 @dataclass
+class MixSource:
+    # One source of a weighted mixture (`data.sources`); prepared and split on its own, with every
+    # other data.* setting, before it is weighted.
+    name: str = MISSING  # names its share in the stats and its eval loss (eval_<name>_loss)
+    source: str = MISSING  # as data.source: a file, a folder of them, or a hub dataset id
+    # Multiplies the source's training rows (or tokens, data.weight_by=tokens): 0.5 keeps a random
+    # half, 2.5 two copies and a random half more. Held-out rows are never weighted or copied.
+    weight: float = 1.0
+    eval_source: str | None = None  # else data.test_size of its rows are held out
+    split: str | None = None  # hub sources: split expressions, as data.split / data.eval_split
+    eval_split: str | None = None
+
+
+@dataclass
 class DataConfig:
     # Short name used in logs and MLflow.
     name: str = MISSING
     # A local .jsonl/.json/.parquet/.csv file or a directory of them, or a hub dataset id
-    # (or a folder in the hub's layout) read with `split`.
-    source: str = MISSING
+    # (or a folder in the hub's layout) read with `split`. null with data.sources (a mixture).
+    source: str | None = MISSING
     # Held-out data (same kinds); with none (and no eval_split), `test_size` of the rows are held out.
     eval_source: str | None = None
     # Where the prepared files go; null: a cache folder named by a hash of the source content
@@ -219,6 +233,10 @@ class DataConfig:
     # Cap on rows used (after the split); null uses all.
     max_train_rows: int | None = None
     max_eval_rows: int | None = None
+    # A weighted mixture instead of `source` (conf/data/mixture.yaml): a list of data.sources
+    # entries (MixSource above), each split into train and held-out before weighting.
+    sources: list[MixSource] | None = None
+    weight_by: MixWeighting = MixWeighting.rows  # what a weight multiplies: rows | tokens
 
 
 @dataclass

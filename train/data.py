@@ -215,7 +215,12 @@ def load_splits(cfg: DictConfig, tokenizer) -> tuple[DatasetDict, PreparedData]:
     """Train and test splits, tokenized as the trainer uses them, and where they were prepared.
 
     In a multi-process run, call it with the main process first (the others then find the cache).
+    With `data.sources`, a weighted mixture of them (train.mixture), with `test:<name>` per source.
     """
+    if cfg.data.get("sources"):
+        from train.mixture import load_mixture
+
+        return load_mixture(cfg, tokenizer, load_splits)
     prepared = prepare_for(cfg, tokenizer)
     stats = prepared.stats
     if stats["rejected"] or stats["dropped_too_long"]:

@@ -48,12 +48,14 @@ def make_trainer(cfg: DictConfig, args, model, processing_class, splits, peft_co
         ("prompt", "chosen", "rejected") if objective == Objective.dpo else ("prompt", "completion", "label")
     )
     trainer_class = DPOTrainer if objective == Objective.dpo else KTOTrainer
+    per_source = {k.split(":", 1)[1]: v for k, v in splits.items() if k.startswith("test:")}
+    held_out = {n: v.select_columns(list(columns)) for n, v in per_source.items()}
     return trainer_class(
         model=model,
         ref_model=None,  # an adapter: switched off; a full fine-tune: a copy, or precomputed log-probs
         args=args,
         train_dataset=splits["train"].select_columns(list(columns)),
-        eval_dataset=splits["test"].select_columns(list(columns)),
+        eval_dataset=held_out or splits["test"].select_columns(list(columns)),
         processing_class=processing_class,
         peft_config=peft_config,
         callbacks=callbacks,

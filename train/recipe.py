@@ -122,7 +122,7 @@ def set_up(cfg: DictConfig) -> Setup:
     if cfg.preview and sft:
         print(preview.render(cfg, tokenizer, prepared, cfg.preview))
     build = (
-        dict(train_dataset=splits["train"], eval_dataset=splits["test"])
+        dict(train_dataset=splits["train"], eval_dataset=_eval_sets(splits))
         if sft
         else dict(cfg=cfg, splits=splits)
     )
@@ -203,7 +203,7 @@ def train(cfg: DictConfig, setup: Setup) -> dict[str, float]:
         raise checkpoint.TrainingInterrupted(trainer.state.global_step)
     metrics = {k: float(v) for k, v in result.metrics.items()}
     metrics["train_wall_seconds"] = time.perf_counter() - started
-    evaluated = {k: float(v) for k, v in trainer.evaluate().items()}
+    evaluated = _per_source_eval_loss({k: float(v) for k, v in trainer.evaluate().items()}, setup.splits)
     metrics |= evaluated | preference.reward_metrics(evaluated, "after")
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     if losses:  # a resume at the last step trains (and logs) nothing new
@@ -343,6 +343,21 @@ def _read_back(gathered: Path, cfg: DictConfig):
     from peft import AutoPeftModelForCausalLM  # the adapter names its base model
 
     return AutoPeftModelForCausalLM.from_pretrained(gathered, dtype=dtype)
+
+
+def _eval_sets(splits: DatasetDict):
+    """The held-out rows: one set, or with a mixture one per source (eval_<name>_loss each)."""
+    per_source = {k.split(":", 1)[1]: v for k, v in splits.items() if k.startswith("test:")}
+    return per_source or splits["test"]
+
+
+def _per_source_eval_loss(evaluated: dict[str, float], splits: DatasetDict) -> dict[str, float]:
+    """With a mixture, `eval_loss` is the sources' eval losses weighted by their held-out rows."""
+    rows = {k.split(":", 1)[1]: len(v) for k, v in splits.items() if k.startswith("test:")}
+    losses = {name: evaluated.get(f"eval_{name}_loss") for name in rows}
+    if rows and "eval_loss" not in evaluated and all(v is not None for v in losses.values()):
+        evaluated["eval_loss"] = sum(losses[n] * rows[n] for n in rows) / sum(rows.values())
+    return evaluated
 
 
 def _weights_sharded(trainer: Trainer) -> bool:

@@ -212,6 +212,8 @@ def log_prepared_data(prepared) -> None:
     # preference data (train.prepare.preference) has no duplicates_removed or truncated_turns
     mlflow.log_metrics({f"data_{k}": prepared.stats[k] for k in counts if k in prepared.stats})
     mlflow.log_metrics({f"data_tokens_{k}": v for k, v in prepared.stats["tokens"].items()})
+    for name, share in prepared.stats.get("mixture", {}).items():  # data.sources: each source's share
+        mlflow.log_metrics({f"data_{name}_{k}": share[k] for k in ("rows", "tokens", "trained_tokens")})
 
 
 def log_chat_model(model, tokenizer, logger_cfg, with_peft: bool, tags: dict[str, str]):

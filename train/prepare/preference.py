@@ -193,10 +193,16 @@ def prepare_preferences(
             "train_trained": sum(r.lengths[1] for r in train),
         }
     for name, rows in (("train", train), ("test", test)):
-        _write_jsonl(output_dir / f"{name}.jsonl", [{**r.row, "messages": _preferred(r.row)} for r in rows])
+        _write_jsonl(output_dir / f"{name}.jsonl", [_written(r) for r in rows])
     (output_dir / "stats.json").write_text(json.dumps(asdict(stats), indent=2) + "\n", encoding="utf-8")
     log.info("prepared %s preference rows into %s: %s", objective, output_dir, stats)
     return stats
+
+
+def _written(r: _Row) -> dict:
+    """A row as train.jsonl/test.jsonl hold it: TRL's columns, the held-out answer's conversation,
+    and its token counts (all sequences, completions alone) for mixtures weighted by tokens."""
+    return {**r.row, "messages": _preferred(r.row), "tokens": r.lengths[0], "trained_tokens": r.lengths[1]}
 
 
 def _preferred(row: dict) -> list[dict]:
