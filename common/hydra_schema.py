@@ -41,6 +41,23 @@ def check_added_key(cfg: DictConfig, key: str) -> None:
             return
 
 
+def check_parent_not_null(cfg: DictConfig, key: str) -> None:
+    """Raise ConfigCompositionException when a node on `key`'s path is null (OmegaConf would fail
+    with a bare AssertionError): e.g. `dpo.beta=0.2` without `method=dpo`, which fills `dpo`."""
+    parts = key.split(".")
+    node = cfg
+    for depth, part in enumerate(parts[:-1]):
+        if not isinstance(node, DictConfig) or part not in node:
+            return
+        if node._get_node(part)._is_none():
+            where = ".".join(parts[: depth + 1])
+            raise ConfigCompositionException(
+                f"Could not set '{key}': '{where}' is null in this config; choose the config group option "
+                f"that fills it first (for dpo.* and kto.*: method=dpo or method=kto)"
+            )
+        node = node[part]
+
+
 def refuse_keys_outside_the_schema() -> None:
     """Check every add override against the schema before Hydra applies it (idempotent)."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
@@ -53,6 +70,8 @@ def refuse_keys_outside_the_schema() -> None:
         for override in overrides:
             if override.package is None and (override.is_add() or override.is_force_add()):
                 check_added_key(cfg, override.key_or_group)
+            if override.package is None and not override.is_delete():
+                check_parent_not_null(cfg, override.key_or_group)
         apply(overrides, cfg)
 
     apply_checked.checks_schema = True

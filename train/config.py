@@ -10,7 +10,10 @@ equal to that string.
 The `sft` schema is not written by hand: it is generated from TRL's own `SFTConfig`
 dataclass, so every SFTConfig field of the installed TRL is a valid `sft.<field>` key with
 TRL's default, and nothing else is; a field TRL types as one of its enums, or lists
-`choices` for, accepts only those values.
+`choices` for, accepts only those values. The `dpo` and `kto` schemas (`method=dpo|kto`) are
+generated the same way from `DPOConfig` and `KTOConfig`, less the fields every trainer shares
+with transformers' `TrainingArguments` (learning rate, batch, precision, checkpointing, ...):
+those stay `sft.<field>`, so a profile sets them once for every method.
 """
 
 from __future__ import annotations
@@ -97,6 +100,17 @@ class LengthPolicy(StrEnum):
     drop = "drop"
 
 
+class Objective(StrEnum):  # `method=...`: what the model is trained to do (peft.method is the adapter)
+    sft = "sft"  # supervised fine-tuning on conversations (TRL SFTTrainer)
+    dpo = "dpo"  # direct preference optimisation on prompt/chosen/rejected pairs (TRL DPOTrainer)
+    kto = "kto"  # KTO on prompt/completion/label rows, good or bad alone (TRL KTOTrainer)
+
+
+class MixWeighting(StrEnum):  # what a data.sources weight multiplies
+    rows = "rows"
+    tokens = "tokens"
+
+
 class TargetName(StrEnum):
     local = "local"
     azureml = "azureml"
@@ -127,6 +141,9 @@ class TrainingMethod(StrEnum):  # what a throughput figure was measured with
 class ModelConfig:
     # Hub id (microsoft/Phi-3.5-mini-instruct) or a local directory with the same layout.
     name_or_path: str = MISSING
+    # A registered MLflow model to start from instead (models:/NAME@champion, models:/NAME/3,
+    # runs:/ID/model): downloaded once from logger.tracking_uri, then loaded as name_or_path.
+    uri: str | None = None
     # Short name used in the registered model name and run names.
     short_name: str = MISSING
     # A model made for the demo only (the tiny one): training or preparing your own data with
@@ -177,12 +194,26 @@ class PeftConfig:
 
 
 @dataclass
+class MixSource:
+    # One source of a weighted mixture (`data.sources`); prepared and split on its own, with every
+    # other data.* setting, before it is weighted.
+    name: str = MISSING  # names its share in the stats and its eval loss (eval_<name>_loss)
+    source: str = MISSING  # as data.source: a file, a folder of them, or a hub dataset id
+    # Multiplies the source's training rows (or tokens, data.weight_by=tokens): 0.5 keeps a random
+    # half, 2.5 two copies and a random half more. Held-out rows are never weighted or copied.
+    weight: float = 1.0
+    eval_source: str | None = None  # else data.test_size of its rows are held out
+    split: str | None = None  # hub sources: split expressions, as data.split / data.eval_split
+    eval_split: str | None = None
+
+
+@dataclass
 class DataConfig:
     # Short name used in logs and MLflow.
     name: str = MISSING
     # A local .jsonl/.json/.parquet/.csv file or a directory of them, or a hub dataset id
-    # (or a folder in the hub's layout) read with `split`.
-    source: str = MISSING
+    # (or a folder in the hub's layout) read with `split`. null with data.sources (a mixture).
+    source: str | None = MISSING
     # Held-out data (same kinds); with none (and no eval_split), `test_size` of the rows are held out.
     eval_source: str | None = None
     # Where the prepared files go; null: a cache folder named by a hash of the source content
@@ -212,6 +243,10 @@ class DataConfig:
     # Cap on rows used (after the split); null uses all.
     max_train_rows: int | None = None
     max_eval_rows: int | None = None
+    # A weighted mixture instead of `source` (conf/data/mixture.yaml): a list of data.sources
+    # entries (MixSource above), each split into train and held-out before weighting.
+    sources: list[MixSource] | None = None
+    weight_by: MixWeighting = MixWeighting.rows  # what a weight multiplies: rows | tokens
 
 
 @dataclass
@@ -358,15 +393,12 @@ def _schema_default(f: dataclasses.Field, kind: Any) -> Any:
     return enums[0](value) if enums and value is not None else value
 
 
-@functools.cache
-def sft_schema() -> type:
-    """A dataclass with one field per `trl.SFTConfig` field, TRL's default as default."""
-    from trl import SFTConfig
-
-    hints = typing.get_type_hints(SFTConfig)
+def _trl_schema(config_class: type, name: str, leave_out: frozenset[str]) -> type:
+    """A dataclass with one field per field of a TRL config class, TRL's default as default."""
+    hints = typing.get_type_hints(config_class)
     fields = []
-    for f in dataclasses.fields(SFTConfig):
-        if not f.init or f.name.startswith("_") or f.name in SFT_KEYS_OWNED_BY_RECIPE:
+    for f in dataclasses.fields(config_class):
+        if not f.init or f.name.startswith("_") or f.name in leave_out:
             continue
         tp = _schema_type(hints.get(f.name, Any), list(f.metadata.get("choices", [])), f.name)
         default = _schema_default(f, tp)
@@ -376,7 +408,33 @@ def sft_schema() -> type:
             fields.append((f.name, tp, field(default_factory=lambda v=default: v)))
         else:
             fields.append((f.name, tp, field(default=default)))
-    return dataclasses.make_dataclass("SFTSchema", fields)
+    return dataclasses.make_dataclass(name, fields)
+
+
+@functools.cache
+def sft_schema() -> type:
+    """A dataclass with one field per `trl.SFTConfig` field, TRL's default as default."""
+    from trl import SFTConfig
+
+    return _trl_schema(SFTConfig, "SFTSchema", frozenset(SFT_KEYS_OWNED_BY_RECIPE))
+
+
+@functools.cache
+def shared_training_keys() -> frozenset[str]:
+    """transformers' `TrainingArguments` fields: set as `sft.<field>` for every method."""
+    from transformers import TrainingArguments
+
+    return frozenset(f.name for f in dataclasses.fields(TrainingArguments) if f.init)
+
+
+@functools.cache
+def preference_schema(objective: Objective) -> type:
+    """`dpo.*` / `kto.*`: the fields `DPOConfig` / `KTOConfig` add to `TrainingArguments`."""
+    from trl import DPOConfig, KTOConfig
+
+    config_class = {Objective.dpo: DPOConfig, Objective.kto: KTOConfig}[objective]
+    leave_out = shared_training_keys() | set(SFT_KEYS_OWNED_BY_RECIPE)
+    return _trl_schema(config_class, f"{objective.upper()}Schema", frozenset(leave_out))
 
 
 @dataclass
@@ -389,6 +447,8 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     task_name: str = "train"
+    # The training objective (conf/method/): sft | dpo | kto; peft.method stays the adapter choice.
+    method: Objective = Objective.sft
     seed: int = 0
     # Set by +profile=NAME; recorded for logs and MLflow tags.
     profile: str | None = None
@@ -411,15 +471,23 @@ class TrainConfig:
 
 
 def make_train_schema() -> type:
-    """`TrainConfig` plus `sft`, typed by the schema generated from the installed TRL.
+    """`TrainConfig` plus `sft` (and `dpo`, `kto`), typed by schemas generated from the installed TRL.
 
     Made with `make_dataclass` because that schema is a class built at run time, which a
     (postponed, string) annotation could not name; typed `Any`, the `sft` node could be
     replaced by a value of any other type.
     """
     SFTSchema = sft_schema()
+    DPOSchema, KTOSchema = preference_schema(Objective.dpo), preference_schema(Objective.kto)
     return dataclasses.make_dataclass(
-        "TrainSchema", [("sft", SFTSchema, field(default_factory=SFTSchema))], bases=(TrainConfig,)
+        "TrainSchema",
+        [
+            ("sft", SFTSchema, field(default_factory=SFTSchema)),
+            # null unless method=dpo|kto (conf/method/) fills them: `dpo.beta=...` alone fails at compose
+            ("dpo", Optional[DPOSchema], field(default=None)),  # noqa: UP045 - OmegaConf needs Optional
+            ("kto", Optional[KTOSchema], field(default=None)),  # noqa: UP045
+        ],
+        bases=(TrainConfig,),
     )
 
 

@@ -20,9 +20,10 @@ from urllib.parse import urlsplit
 from datasets import Dataset, DatasetDict, concatenate_datasets
 from omegaconf import DictConfig
 
-from train.config import is_bundled_sample
+from train.config import Objective, is_bundled_sample
 from train.errors import ConfigError
 from train.prepare import ChatTokenizer, DataError, Source, prepare
+from train.prepare.preference import prepare_preferences
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,9 @@ def prepare_for(cfg: DictConfig, tokenizer=None) -> PreparedData:
         "max_length": data_cfg.max_length if chat_tokenizer else None,
         "length_policy": data_cfg.length_policy if chat_tokenizer else None,
     }
+    objective = Objective(cfg.get("method", Objective.sft))
+    if objective != Objective.sft:  # preference rows (train.prepare.preference)
+        settings["objective"] = objective
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     out = (
         Path(data_cfg.output_dir)
@@ -130,21 +134,35 @@ def prepare_for(cfg: DictConfig, tokenizer=None) -> PreparedData:
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         (out / MARKER).write_text(MARKER_TEXT, encoding="utf-8")
-    stats = prepare(
-        opened_train,
-        out,
-        format=data_cfg.format,
-        on_error=data_cfg.on_error,
-        test_size=data_cfg.test_size,
-        eval_source=opened_eval,
-        seed=cfg.seed,
-        dedupe=data_cfg.dedupe,
-        merge_system_into_first_user=data_cfg.merge_system_into_first_user,
-        max_turns=data_cfg.max_turns,
-        tokenizer=chat_tokenizer,
-        max_length=data_cfg.max_length,
-        length_policy=data_cfg.length_policy,
-    )
+    if objective != Objective.sft:
+        stats = prepare_preferences(
+            opened_train,
+            out,
+            objective=objective,
+            on_error=data_cfg.on_error,
+            test_size=data_cfg.test_size,
+            seed=cfg.seed,
+            tokenizer=chat_tokenizer,
+            max_length=data_cfg.max_length,
+            add_empty_system_turn=cfg.model.add_empty_system_turn,
+            eval_source=opened_eval,
+        )
+    else:
+        stats = prepare(
+            opened_train,
+            out,
+            format=data_cfg.format,
+            on_error=data_cfg.on_error,
+            test_size=data_cfg.test_size,
+            eval_source=opened_eval,
+            seed=cfg.seed,
+            dedupe=data_cfg.dedupe,
+            merge_system_into_first_user=data_cfg.merge_system_into_first_user,
+            max_turns=data_cfg.max_turns,
+            tokenizer=chat_tokenizer,
+            max_length=data_cfg.max_length,
+            length_policy=data_cfg.length_policy,
+        )
     manifest.write_text(
         json.dumps({"key": key, "settings": settings, "source": opened_train.label}, indent=2) + "\n",
         encoding="utf-8",
@@ -187,7 +205,10 @@ def _read_messages(path: Path) -> list:
 
 
 def _split(prepared: PreparedData, name: str) -> Dataset:
-    """One split with `messages` (for evaluation) beside `input_ids` and `labels` (for the trainer)."""
+    """One split with `messages` (for evaluation) beside `input_ids` and `labels` (for the trainer);
+    preference data: its message lists as prepared (TRL tokenizes them with the same template)."""
+    if "objective" in prepared.stats:
+        return Dataset.from_json(str(prepared.dir / f"{name}.jsonl"))
     tokens = Dataset.from_parquet(str(prepared.dir / f"{name}.tokens.parquet"))
     messages = Dataset.from_dict({"messages": _read_messages(prepared.dir / f"{name}.jsonl")})
     return concatenate_datasets([messages, tokens], axis=1)
@@ -210,7 +231,12 @@ def load_splits(cfg: DictConfig, tokenizer) -> tuple[DatasetDict, PreparedData]:
     """Train and test splits, tokenized as the trainer uses them, and where they were prepared.
 
     In a multi-process run, call it with the main process first (the others then find the cache).
+    With `data.sources`, a weighted mixture of them (train.mixture), with `test:<name>` per source.
     """
+    if cfg.data.get("sources"):
+        from train.mixture import load_mixture
+
+        return load_mixture(cfg, tokenizer, load_splits)
     prepared = prepare_for(cfg, tokenizer)
     stats = prepared.stats
     if stats["rejected"] or stats["dropped_too_long"]:

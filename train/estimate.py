@@ -26,7 +26,12 @@ Memory per GPU (approximate, about +-20%: the allocator and CUDA context come on
   row full): per decoder layer the tensors autograd keeps; a layer that activation checkpointing
   covers (`activation_checkpointing_kwargs.every_n_layers`: layers 0, n, 2n, ...) keeps only its
   input, in host memory with `offload`, and one layer at a time is recomputed in the backward;
-  plus TRL's fused LM head, which scores 4096 tokens at a time and never holds the whole logits.
+  plus TRL's fused LM head, which scores 4096 tokens at a time and never holds the whole logits;
+- `method=dpo`: each row is a chosen and a rejected sequence in one forward (twice the tokens, up
+  to `dpo.max_length` each); the reference model is the adapter switched off with peft (nothing
+  more), a second copy of the weights for a full fine-tune, or nothing with
+  `precompute_ref_log_probs` (scored once before training). `method=kto` likewise (its KL term's
+  forward keeps no activations).
 Time = tokens x epochs / (hardware tokens/s, scaled to this model's size, x GPUs); cost = time x
 $/hour, where the hardware file gives them: for `local` nothing is known until measured
 (`python -m bench.train`). Evaluation, start-up and checkpoint writes are not included.
@@ -78,6 +83,7 @@ class Estimate:
     weights_gib: float
     gradients_gib: float
     optimizer_gib: float
+    reference_gib: float  # DPO/KTO full fine-tunes: the starting model kept to score against
     activations_gib: float
     total_gib: float
     machine: str
@@ -218,7 +224,11 @@ def estimate_memory(cfg: DictConfig, config, counts: dict[str, int]) -> dict[str
         else:
             base = total * dtype_bytes
         weights = base + trainable * LORA_BYTES
-    tokens = cfg.sft.per_device_train_batch_size * cfg.sft.max_length
+    preference = cfg.get("method", "sft") != "sft"
+    max_length = cfg[cfg.method].max_length if preference else cfg.sft.max_length
+    sequences_per_row = 2 if cfg.get("method") == "dpo" else 1  # chosen and rejected in one forward
+    tokens = cfg.sft.per_device_train_batch_size * max_length * sequences_per_row
+    own_copy = preference and method == PeftMethod.none and not cfg[cfg.method].precompute_ref_log_probs
     half_precision = dtype_bytes == 2 or cfg.sft.bf16 or cfg.sft.fp16  # autocast keeps 2-byte activations
     checkpointed, offload = checkpointing(cfg.sft, config.num_hidden_layers)
     activations = activation_bytes(
@@ -231,6 +241,7 @@ def estimate_memory(cfg: DictConfig, config, counts: dict[str, int]) -> dict[str
         "weights": weights,
         "gradients": trainable * param_bytes,
         "optimizer": trainable * _optimizer_bytes(cfg.sft.optim, param_bytes),
+        "reference": total * dtype_bytes if own_copy else 0,
         "activations": activations,
         "tokens_per_micro_batch": tokens,
     }
@@ -304,7 +315,7 @@ def peak_memory_gib(cfg: DictConfig) -> float:
 
 
 def _total(memory: dict) -> float:
-    return sum(memory[k] for k in ("weights", "gradients", "optimizer", "activations"))
+    return sum(memory[k] for k in ("weights", "gradients", "optimizer", "reference", "activations"))
 
 
 def build_estimate(cfg: DictConfig) -> Estimate:
@@ -335,6 +346,7 @@ def build_estimate(cfg: DictConfig) -> Estimate:
         weights_gib=memory["weights"] / GIB,
         gradients_gib=memory["gradients"] / GIB,
         optimizer_gib=memory["optimizer"] / GIB,
+        reference_gib=memory["reference"] / GIB,
         activations_gib=memory["activations"] / GIB,
         total_gib=total / GIB,
         machine=machine,
@@ -368,6 +380,20 @@ def _checkpointing_text(est: Estimate) -> str:
     )
 
 
+def _reference_lines(est: Estimate, cfg: DictConfig) -> list[str]:
+    """The DPO/KTO reference model's line: what it costs, or why nothing."""
+    method = cfg.get("method", "sft")
+    if method == "sft":
+        return []
+    if est.reference_gib:
+        how = f"a second copy; {method}.precompute_ref_log_probs=true keeps none"
+    elif cfg.peft.method != PeftMethod.none:
+        how = "the adapter switched off: no second copy"
+    else:
+        how = "log-probs precomputed before training: no second copy"
+    return [f"    reference    {est.reference_gib:8.2f} GiB  ({method}: {how})"]
+
+
 def report(est: Estimate, cfg: DictConfig) -> str:
     sft = cfg.sft
     verdict = "fits" if est.fits else "DOES NOT FIT (keep ~10% free)"
@@ -375,11 +401,14 @@ def report(est: Estimate, cfg: DictConfig) -> str:
         "",
         f"Estimate for {est.model} ({est.method}) on {est.machine}; no weights loaded.",
         f"  parameters     {est.params:,} ({est.trainable_params:,} trainable)",
-        f"  memory per device, {sft.per_device_train_batch_size} x {sft.max_length} = "
+        f"  memory per device, {sft.per_device_train_batch_size} x "
+        f"{cfg[cfg.method].max_length if cfg.get('method', 'sft') != 'sft' else sft.max_length}"
+        f"{' x 2 (chosen and rejected)' if cfg.get('method') == 'dpo' else ''} = "
         f"{est.tokens_per_micro_batch:,} tokens per micro-batch, {_checkpointing_text(est)}:",
         f"    weights      {est.weights_gib:8.2f} GiB",
         f"    gradients    {est.gradients_gib:8.2f} GiB",
         f"    optimizer    {est.optimizer_gib:8.2f} GiB  ({sft.optim})",
+        *_reference_lines(est, cfg),
         f"    activations  {est.activations_gib:8.2f} GiB",
         f"    total        {est.total_gib:8.2f} GiB of {est.memory_gib:.4g} GiB: {verdict}",
     ]

@@ -1,13 +1,15 @@
-"""The SFT recipe: one TRL SFTTrainer run, tracked and registered in MLflow.
+"""The training recipe: one TRL trainer run (SFTTrainer, or DPOTrainer / KTOTrainer with
+`method=dpo|kto`, see train/preference.py), tracked and registered in MLflow.
 
 `run(cfg)` is a list of stages, each a small function below, read top to bottom:
 
 1. `set_up`: checks that need no download, seed, run folder, resume point, tokenizer, data
-   (prepared once per node), model and `SFTTrainer`; on every rank.
+   (prepared once per node), model and the method's trainer; on every rank.
 2. `track`: rank 0 opens the MLflow run (continuing this run folder's run on a resume; a child of
    the sweep's parent run in a sweep) and logs tags, params, the resolved config, the chat
    template and the data's stats; on a signal it marks the run KILLED.
-3. `answer_held_out`: greedy answers to held-out prompts, exact match (rank 0; before and after).
+3. `answer_held_out`: greedy answers to held-out prompts, exact match (rank 0; before and after);
+   with preference data also the held-out reward accuracy and margin against the starting model.
 4. `train`: `trainer.train`, `trainer.evaluate`, and with sharded weights the gathered save;
    every rank, in step. The other ranks run only this stage and return its metrics.
 5. `log_results`, `log_and_register`: metrics, answers and loss curve; the model as an MLflow
@@ -19,7 +21,11 @@ Features and the keys that control them:
   once), attention (`model.attn_implementation`: auto = one attention per packed conversation on
   CUDA, sdpa on a CPU), dtype, a dedicated pad token.
 - data: ultrachat-style `messages` from local files or the hub (`data=...`), with an empty
-  system turn added where missing (`model.add_empty_system_turn`).
+  system turn added where missing (`model.add_empty_system_turn`); preference rows for
+  `method=dpo|kto` (train/prepare/preference.py).
+- objective: `method=sft|dpo|kto` and `dpo.<field>` / `kto.<field>` (TRL's DPOConfig/KTOConfig);
+  the shared training arguments stay `sft.<field>`. `model.uri=models:/NAME@champion` starts from a
+  registered model.
 - adapters: `peft=none|lora|qlora|dora` and `peft.<field>`; QLoRA refuses to start
   without CUDA before loading anything; `logger.peft_save=merged|adapter`.
 - training: every TRL `SFTConfig` field as `sft.<field>` (packing, assistant_only_loss,
@@ -53,12 +59,23 @@ from datasets import DatasetDict
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from transformers import PreTrainedTokenizerBase, set_seed
+from transformers import PreTrainedTokenizerBase, Trainer, set_seed
 from trl import SFTTrainer
 
 from common import mlflow_tables
-from train import checkpoint, data, evaluate, gguf_model, launch, model, sweep, tracking
-from train.config import PeftMethod, PeftSave, sft_schema
+from train import (
+    checkpoint,
+    data,
+    evaluate,
+    gguf_model,
+    launch,
+    model,
+    preference,
+    start_model,
+    sweep,
+    tracking,
+)
+from train.config import Objective, PeftMethod, PeftSave, sft_schema
 from train.prepare import preview
 from train.sft import sft_args, steps_for_token_budget
 
@@ -86,7 +103,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
 class Setup:
     """What the stages share, built by `set_up` on every rank."""
 
-    trainer: SFTTrainer
+    trainer: Trainer  # SFTTrainer, DPOTrainer or KTOTrainer
     tokenizer: PreTrainedTokenizerBase
     splits: DatasetDict
     prepared: data.PreparedData
@@ -109,25 +126,33 @@ def set_up(cfg: DictConfig) -> Setup:
     set_seed(cfg.seed)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    args = sft_args(cfg)
+    sft = cfg.method == Objective.sft
+    args = sft_args(cfg) if sft else preference.preference_args(cfg)
     launch.check_processes(args.world_size)
     resume_from = checkpoint.find_resume_checkpoint(cfg.resume, Path(args.output_dir))
+    start_model.resolve_model_uri(
+        cfg
+    )  # model.uri=models:/NAME@champion: downloaded once, loaded as a directory
     tokenizer = model.load_tokenizer(cfg.model)
     with args.main_process_first(desc="preparing data"):  # one rank per node writes the files
         splits, prepared = data.load_splits(cfg, tokenizer)
-    if cfg.preview:
+    if cfg.preview and sft:
         print(preview.render(cfg, tokenizer, prepared, cfg.preview))
-    if cfg.token_budget:
+    if cfg.token_budget and sft:  # preference rows count their tokens differently
         args.max_steps = steps_for_token_budget(args, cfg.token_budget, prepared.stats)
         log.info("token_budget %d: %d optimizer steps", cfg.token_budget, args.max_steps)
-    trainer = SFTTrainer(
+    build = (
+        dict(train_dataset=splits["train"], eval_dataset=_eval_sets(splits))
+        if sft
+        else dict(cfg=cfg, splits=splits)
+    )
+    trainer = (SFTTrainer if sft else preference.make_trainer)(
         model=model.load_model(cfg.model, cfg.peft, tokenizer),
         args=args,
-        train_dataset=splits["train"],
-        eval_dataset=splits["test"],
         processing_class=tokenizer,
         peft_config=model.lora_config(cfg.peft),
         callbacks=[tracking.MetricsOnlyMLflowCallback(), checkpoint.ResumeGuard(resume_from)],
+        **build,
     )
     launch.check_sharding(trainer)  # FSDP/DeepSpeed asked for but not active: stop, train nothing else
     trainer.add_callback(launch.sharded_model_check()(trainer))  # and FSDP2 that did not shard: stop
@@ -171,15 +196,20 @@ def answer_held_out(cfg: DictConfig, setup: Setup, when: str) -> tuple[dict[str,
     """Exact match of greedy answers to the first `eval.generate_samples` held-out prompts, the
     share of them that end on a stop token (stop_rate), and the answers. Rank 0 alone generates,
     so with sharded weights (which would need every rank) this is skipped."""
+    rewards = {}
+    if cfg.method != Objective.sft and when == "before":  # the starting model is the reference
+        rewards = preference.reward_metrics(setup.trainer.evaluate(metric_key_prefix="eval"), "before")
     n = 0 if setup.sharded else cfg.eval.generate_samples
     if not n:
-        return {}, []
-    log.info("answering %d held-out prompts %s training", n, when)
+        return rewards, []
+    conversations = [m for m in setup.splits["test"]["messages"] if m]  # KTO: the good completions' prompts
+    log.info("answering %d held-out prompts %s training", min(n, len(conversations)), when)
     scores, answers = evaluate.exact_match_eval(
-        setup.trainer.model, setup.tokenizer, setup.splits["test"]["messages"], n, cfg.eval.max_new_tokens
+        setup.trainer.model, setup.tokenizer, conversations, n, cfg.eval.max_new_tokens
     )
     rows = scores.pop("held_out_rows", 0)
-    return {f"{name}_{when}": value for name, value in scores.items()} | {"held_out_rows": rows}, answers
+    scored = {f"{name}_{when}": value for name, value in scores.items()}
+    return rewards | scored | {"held_out_rows": rows}, answers
 
 
 def ask_tasks(cfg: DictConfig, setup: Setup, when: str) -> dict[str, list[dict]]:
@@ -210,7 +240,8 @@ def train(cfg: DictConfig, setup: Setup) -> dict[str, float]:
     metrics["train_wall_seconds"] = time.perf_counter() - started
     # CPU seconds of this process (all its threads): on a shared machine, what the run cost
     metrics["train_cpu_seconds"] = time.process_time() - cpu_started
-    metrics |= {k: float(v) for k, v in trainer.evaluate().items()}
+    evaluated = _per_source_eval_loss({k: float(v) for k, v in trainer.evaluate().items()}, setup.splits)
+    metrics |= evaluated | preference.reward_metrics(evaluated, "after")
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     if losses:  # a resume at the last step trains (and logs) nothing new
         metrics["train_loss_first"], metrics["train_loss_last"] = losses[0], losses[-1]
@@ -252,7 +283,13 @@ def log_and_register(cfg: DictConfig, setup: Setup, metrics: dict[str, float], r
         "hydra_overrides": _overrides(),
         "data_hash": data.data_fingerprint(setup.splits),
         "mlflow_run_id": run_id,
-        **{k: f"{v:.6g}" for k, v in metrics.items() if k.startswith(("eval_", "exact_match"))},
+        "method": str(cfg.method),
+        **({"started_from": cfg.model.uri} if cfg.model.uri else {}),
+        **{
+            k: f"{v:.6g}"
+            for k, v in metrics.items()
+            if k.startswith(("eval_", "exact_match", "reward_")) and "/" not in k
+        },
     }
     log.info("logging the model to MLflow as an llm/v1/chat model")
     adapter_only = with_peft and cfg.logger.peft_save == PeftSave.adapter
@@ -360,7 +397,22 @@ def _read_back(gathered: Path, cfg: DictConfig):
     return AutoPeftModelForCausalLM.from_pretrained(gathered, dtype=dtype)
 
 
-def _weights_sharded(trainer: SFTTrainer) -> bool:
+def _eval_sets(splits: DatasetDict):
+    """The held-out rows: one set, or with a mixture one per source (eval_<name>_loss each)."""
+    per_source = {k.split(":", 1)[1]: v for k, v in splits.items() if k.startswith("test:")}
+    return per_source or splits["test"]
+
+
+def _per_source_eval_loss(evaluated: dict[str, float], splits: DatasetDict) -> dict[str, float]:
+    """With a mixture, `eval_loss` is the sources' eval losses weighted by their held-out rows."""
+    rows = {k.split(":", 1)[1]: len(v) for k, v in splits.items() if k.startswith("test:")}
+    losses = {name: evaluated.get(f"eval_{name}_loss") for name in rows}
+    if rows and "eval_loss" not in evaluated and all(v is not None for v in losses.values()):
+        evaluated["eval_loss"] = sum(losses[n] * rows[n] for n in rows) / sum(rows.values())
+    return evaluated
+
+
+def _weights_sharded(trainer: Trainer) -> bool:
     """FSDP or DeepSpeed ZeRO-3: no single rank holds the whole model."""
     if trainer.is_fsdp_enabled:
         return True
@@ -378,6 +430,12 @@ def print_summary(summary: dict) -> None:
     if "train_loss_first" in m:
         lines.append(f"  train loss     {m['train_loss_first']:.3f} -> {m['train_loss_last']:.3f}")
     lines.append(f"  eval loss      {m.get('eval_loss', float('nan')):.3f}")
+    for name, label in (("reward_accuracy", "reward accuracy"), ("reward_margin", "reward margin")):
+        if f"{name}_after" in m:
+            lines.append(
+                f"  held-out {label:<16} {m.get(f'{name}_before', float('nan')):.3f} before -> "
+                f"{m[f'{name}_after']:.3f} after (against the starting model)"
+            )
     if summary.get("resumed_from"):
         lines.append(f"  resumed from   {summary['resumed_from']}")
     if "exact_match_after" in m:

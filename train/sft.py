@@ -15,6 +15,11 @@ from trl import SFTConfig
 
 
 def sft_args(cfg: DictConfig) -> SFTConfig:
+    return SFTConfig(**sft_kwargs(cfg))
+
+
+def sft_kwargs(cfg: DictConfig) -> dict:
+    """SFTConfig's arguments: `cfg.sft` plus what the recipe sets (also the base of DPO's and KTO's)."""
     kwargs = OmegaConf.to_container(cfg.sft, resolve=True, enum_to_str=True)
     if not torch.accelerator.is_available():
         # Training runs on the CPU anyway; saying so makes accelerate pick gloo when torchrun starts
@@ -27,15 +32,15 @@ def sft_args(cfg: DictConfig) -> SFTConfig:
     kwargs["assistant_only_loss"] = False
     if kwargs.get("disable_tqdm") is None:  # progress bars only on a terminal, not in a log file
         kwargs["disable_tqdm"] = not sys.stderr.isatty()
-    return SFTConfig(
-        output_dir=str(Path(cfg.paths.output_dir) / "checkpoints"),
-        report_to="none",  # MLflow: train.tracking's callback and the recipe's stages
-        run_name=cfg.logger.run_name,
+    return {
+        "output_dir": str(Path(cfg.paths.output_dir) / "checkpoints"),
+        "report_to": "none",  # MLflow: train.tracking's callback and the recipe's stages
+        "run_name": cfg.logger.run_name,
         **kwargs,
-    )
+    }
 
 
-def steps_for_token_budget(args: SFTConfig, token_budget: int, stats: dict) -> int:
+def steps_for_token_budget(args, token_budget: int, stats: dict) -> int:
     """Optimizer steps that train on about `token_budget` tokens of the prepared training rows:
     the budget over (mean tokens per row x rows per optimizer step), at least one."""
     mean_row_tokens = stats["tokens"]["train"] / max(stats["train"], 1)

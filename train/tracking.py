@@ -180,6 +180,10 @@ def flatten_params(cfg: DictConfig, sft_defaults: dict) -> dict[str, str]:
     for group in ("model", "data", "peft", "eval"):
         for key, value in container[group].items():
             params[f"{group}.{key}"] = value
+    method = params["method"] = str(container.get("method", "sft"))
+    own = container.get(method) if method != "sft" else None  # dpo.* / kto.*: a few dozen keys
+    for key, value in (own or {}).items():
+        params[f"{method}.{key}"] = value
     for key, value in container["sft"].items():
         if sft_defaults.get(key, object()) != value:
             params[f"sft.{key}"] = value
@@ -265,8 +269,11 @@ def log_prepared_data(prepared) -> None:
         "train",
         "test",
     )
-    mlflow.log_metrics({f"data_{k}": prepared.stats[k] for k in counts})
+    # preference data (train.prepare.preference) has no duplicates_removed or truncated_turns
+    mlflow.log_metrics({f"data_{k}": prepared.stats[k] for k in counts if k in prepared.stats})
     mlflow.log_metrics({f"data_tokens_{k}": v for k, v in prepared.stats["tokens"].items()})
+    for name, share in prepared.stats.get("mixture", {}).items():  # data.sources: each source's share
+        mlflow.log_metrics({f"data_{name}_{k}": share[k] for k in ("rows", "tokens", "trained_tokens")})
 
 
 def log_chat_model(model, tokenizer, logger_cfg, with_peft: bool, tags: dict[str, str]):

@@ -41,7 +41,10 @@ def read_cases(path: Path, where: str, max_rows: int | None = None) -> list[Case
         if not line.strip():
             continue
         try:
-            prompt, reference = split_for_generation(json.loads(line)["messages"])
+            record = json.loads(line)
+            if isinstance(record, dict) and record.get("messages") == []:
+                continue  # a KTO run's bad completion (train/prepare/preference.py): no reference to answer
+            prompt, reference = split_for_generation(record["messages"])
         except (ValueError, KeyError, TypeError) as e:  # not JSON, no messages, no assistant turn
             raise EvaluationError(f"{where}:{number}: expected {expected} ({type(e).__name__}: {e})") from e
         if not prompt or not isinstance(reference, str):

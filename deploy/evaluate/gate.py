@@ -16,7 +16,17 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-HIGHER_IS_BETTER = ("exact_match", "token_f1", "rouge_l", "stop_rate", "judge")
+# reward_accuracy / reward_margin: a DPO/KTO version's held-out rewards against its starting model,
+# from its training run (the version's tags; deploy.evaluate.promote adds them).
+HIGHER_IS_BETTER = (
+    "exact_match",
+    "token_f1",
+    "rouge_l",
+    "stop_rate",
+    "judge",
+    "reward_accuracy",
+    "reward_margin",
+)
 LOWER_IS_BETTER = ("empty_rate", "error_rate", "latency_p50_s", "latency_p95_s")
 REPORTED_ONLY = ("answer_tokens_mean", "judge_errors")
 # lm-evaluation-harness task metrics are named <task>_acc and <task>_acc_norm (deploy/evaluate/lm_eval_tasks.py),

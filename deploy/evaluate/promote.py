@@ -17,6 +17,16 @@ from deploy.evaluate.gate import Comparison, GateError, PromotionRefused, compar
 from deploy.evaluate.tables import worse_rows
 from deploy.registry.find import alias_holder, registered_version, training_run_id, version_ref
 
+# What a preference-tuned version measured in training (train/preference.py tags the version):
+# held-out reward accuracy and margin against its starting model, after training.
+TRAINING_REWARD_TAGS = {"reward_accuracy": "reward_accuracy_after", "reward_margin": "reward_margin_after"}
+
+
+def training_rewards(client: MlflowClient, name: str, version: str) -> dict[str, float]:
+    """The version's reward metrics from its tags; none for an SFT version."""
+    tags = client.get_model_version(name, version).tags
+    return {metric: float(tags[tag]) for metric, tag in TRAINING_REWARD_TAGS.items() if tag in tags}
+
 
 def run_promote(cfg) -> Comparison | None:
     """Move `gate.alias` to `model.version` when it is within `gate.tolerance` of the holder, both
@@ -44,6 +54,9 @@ def run_promote(cfg) -> Comparison | None:
     if holder is not None:
         holder_ref = version_ref(name, holder)
         old = evaluate_model(holder_ref, cases, source, f"v{holder} @{alias}", cfg.eval, **loading)
+    new.metrics.update(training_rewards(client, name, version))
+    if old is not None:
+        old.metrics.update(training_rewards(client, name, holder))
     comparison = compare_evaluations(new, old, cfg.gate, missing_baseline="(no holder)")
     print(comparison.table())
     if not comparison.passed:

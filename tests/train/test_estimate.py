@@ -179,3 +179,17 @@ def test_cli_prints_the_estimate_for_a_profile(tmp_path):
     assert "3,821,079,552" in result.stdout and "GiB of 24 GiB: fits" in result.stdout
     assert "activation checkpointing on 16 of 32 layers" in result.stdout
     assert list(tmp_path.iterdir()) == []  # nothing tracked, trained or left behind
+
+
+def test_dpo_counts_its_reference_and_both_sequences(compose_train, tmp_path, no_weights, offline):
+    sft = build_estimate(compose_train("+profile=a100", tmp=tmp_path))
+    full = build_estimate(compose_train("+profile=a100", "method=dpo", tmp=tmp_path))
+    precomputed = build_estimate(
+        compose_train("+profile=a100", "method=dpo", "dpo.precompute_ref_log_probs=true", tmp=tmp_path)
+    )
+    lora = build_estimate(compose_train("+profile=a100", "method=dpo", "peft=lora", tmp=tmp_path))
+    assert full.reference_gib == pytest.approx(full.weights_gib)  # a second bf16 copy of the weights
+    assert precomputed.reference_gib == 0 and lora.reference_gib == 0  # scored once / adapter switched off
+    assert full.tokens_per_micro_batch == 2 * sft.tokens_per_micro_batch  # chosen and rejected
+    assert full.activations_gib > 1.9 * sft.activations_gib
+    assert full.total_gib - precomputed.total_gib == pytest.approx(full.weights_gib)
