@@ -27,6 +27,7 @@ from deploy.serve.batching import BatchedGenerator
 from deploy.serve.middleware.access_log import AccessLog
 from deploy.serve.middleware.auth import bearer_key
 from deploy.serve.middleware.errors import add_error_handlers
+from deploy.serve.middleware.host import LoopbackHost
 from deploy.serve.middleware.query_credentials import refuse_credentials_in_query
 from deploy.serve.routers import health, openai, score
 from deploy.serve.serving import ChatServing
@@ -50,7 +51,8 @@ def create_app(
         dependencies=[Depends(refuse_credentials_in_query)],
     )
     app.state.serving = ChatServing(engine, model_name, limits, settings)
-    app.add_middleware(AccessLog)
+    app.add_middleware(LoopbackHost, allowed_hosts=settings.allowed_hosts)
+    app.add_middleware(AccessLog)  # added last: outermost, so a refused Host is logged too
     add_error_handlers(app)
     model_routes = [Depends(bearer_key(key))]
     app.include_router(health.router)
