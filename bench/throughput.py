@@ -263,7 +263,7 @@ def run_variant(cfg: DictConfig, dataset: Dataset, tokenizer, scratch: Path, on_
         "max_length": cfg.sft.max_length,
         "packing": f"{cfg.sft.packing_strategy}" if cfg.sft.packing else "padded",
         "padding_free": bool(trainer.padding_free),
-        "gradient_checkpointing": bool(cfg.sft.gradient_checkpointing),
+        "gradient_checkpointing": bool(cfg.sft.activation_checkpointing),
         "checkpointed_layers": f"{checkpointed}/{text_config.num_hidden_layers}",
         "optim": str(cfg.sft.optim),
         "torch_compile": bool(cfg.sft.torch_compile),

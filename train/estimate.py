@@ -24,7 +24,7 @@ Memory per GPU (approximate, about +-20%: the allocator and CUDA context come on
   (in the parameter dtype, one byte each for 8-bit optimizers; peft keeps LoRA weights in float32);
 - activations for `per_device_train_batch_size x max_length` tokens (the worst case: every
   row full): per decoder layer the tensors autograd keeps; a layer that activation checkpointing
-  covers (`gradient_checkpointing_kwargs.every_n_layers`: layers 0, n, 2n, ...) keeps only its
+  covers (`activation_checkpointing_kwargs.every_n_layers`: layers 0, n, 2n, ...) keeps only its
   input, in host memory with `offload`, and one layer at a time is recomputed in the backward;
   plus TRL's fused LM head, which scores 4096 tokens at a time and never holds the whole logits.
 Time = tokens x epochs / (hardware tokens/s, scaled to this model's size, x GPUs); cost = time x
@@ -385,7 +385,7 @@ def report(est: Estimate, cfg: DictConfig) -> str:
     ]
     if not est.fits:
         lines.append(
-            "    try: sft.gradient_checkpointing=true (sft.gradient_checkpointing_kwargs.every_n_layers=1), a "
+            "    try: sft.activation_checkpointing=true (sft.activation_checkpointing_kwargs.every_n_layers=1), a "
             "smaller sft.per_device_train_batch_size with more sft.gradient_accumulation_steps, peft=lora or "
             "peft=qlora, or FSDP/ZeRO-3 over several GPUs"
         )

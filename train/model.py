@@ -69,6 +69,56 @@ def check_peft_hardware(peft_cfg) -> None:
         )
 
 
+HUB_HOST = ("huggingface.co", 443)
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the hub (or the HTTPS proxy in front of it) accepts a connection within `timeout_s`:
+    without a network, the hub client's requests would each retry for about a minute."""
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    host = (urlsplit(proxy).hostname, urlsplit(proxy).port or 443) if proxy else HUB_HOST
+    try:
+        socket.create_connection(host, timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def ensure_hub_model_available(model_cfg) -> None:
+    """A hub model that cannot be had stops at once, with the fix; one that is cached while the
+    hub cannot be reached is read from the cache (HF_HUB_OFFLINE) instead of waiting on retries."""
+    import os
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    name = str(model_cfg.name_or_path)
+    if Path(name).expanduser().exists() or name.count("/") != 1:
+        return  # a local folder, or not a hub id: from_pretrained reports it
+    cached = isinstance(try_to_load_from_cache(name, "config.json", revision=model_cfg.revision), str)
+    offline = constants.HF_HUB_OFFLINE or not hub_reachable()
+    if offline and not cached:
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "huggingface.co cannot be reached"
+        raise ConfigError(
+            f"model {name} is not in the local Hugging Face cache and {why}: download it once with "
+            f"network (`hf download {name}`), or set model.name_or_path=<a local folder>"
+        )
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        constants.HF_HUB_OFFLINE = True
+
+
+def context_length(model_cfg) -> int | None:
+    """The model's context window (config.json's max_position_embeddings), if it says."""
+    config = AutoConfig.from_pretrained(
+        model_cfg.name_or_path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
+    )
+    return getattr(config, "max_position_embeddings", None)
+
+
 def load_tokenizer(model_cfg) -> PreTrainedTokenizerBase:
     """The model's tokenizer with the configured chat template and a pad token that is no stop token.
 
@@ -77,6 +127,7 @@ def load_tokenizer(model_cfg) -> PreTrainedTokenizerBase:
     must not be a stop token (Phi-3's tokenizers pad with <|endoftext|>). Anything else is a
     ConfigError naming the way out, raised before data or weights are loaded.
     """
+    ensure_hub_model_available(model_cfg)
     tokenizer = AutoTokenizer.from_pretrained(
         model_cfg.name_or_path,
         revision=model_cfg.revision,

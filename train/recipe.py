@@ -15,14 +15,15 @@
 6. `summarize`: summary.json and the printed summary (rank 0).
 
 Features and the keys that control them:
-- model: hub id or local directory (`model.name_or_path`), attention (`model.attn_implementation`:
-  auto = one attention per packed conversation on CUDA, sdpa on a CPU), dtype, a dedicated pad token.
+- model: hub id or local directory (`model.name_or_path`), a GGUF file (`model.gguf_file`, converted
+  once), attention (`model.attn_implementation`: auto = one attention per packed conversation on
+  CUDA, sdpa on a CPU), dtype, a dedicated pad token.
 - data: ultrachat-style `messages` from local files or the hub (`data=...`), with an empty
   system turn added where missing (`model.add_empty_system_turn`).
 - adapters: `peft=none|lora|qlora|dora` and `peft.<field>`; QLoRA refuses to start
   without CUDA before loading anything; `logger.peft_save=merged|adapter`.
 - training: every TRL `SFTConfig` field as `sft.<field>` (packing, assistant_only_loss,
-  gradient_checkpointing, bf16, eval_strategy, ...).
+  activation_checkpointing, bf16, eval_strategy, ...).
 - tracking: params (bounded for Azure ML), metrics, resolved config, chat template,
   loss curve, held-out answers (`eval.generate_samples`), and the model as an MLflow
   `llm/v1/chat` model, registered under `logger.registered_model_name` and tagged with git
@@ -56,7 +57,7 @@ from transformers import PreTrainedTokenizerBase, set_seed
 from trl import SFTTrainer
 
 from common import mlflow_tables
-from train import checkpoint, data, evaluate, launch, model, sweep, tracking
+from train import checkpoint, data, evaluate, gguf_model, launch, model, sweep, tracking
 from train.config import PeftMethod, PeftSave, sft_schema
 from train.prepare import preview
 from train.sft import sft_args
@@ -76,7 +77,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics = before | trained | after
         log_results(setup, metrics, answers)
         version = log_and_register(cfg, setup, metrics, mlflow_run.info.run_id)
-    return summarize(setup, metrics, mlflow_run.info.run_id, version)
+    return summarize(setup, metrics, mlflow_run.info.run_id, version, held_out_rows=len(answers))
 
 
 @dataclass
@@ -100,6 +101,9 @@ class Setup:
 def set_up(cfg: DictConfig) -> Setup:
     """Everything before the first step; what can fail without a download fails first."""
     model.check_peft_hardware(cfg.peft)  # before anything is written or loaded
+    data.refuse_demo_model_on_own_data(cfg)
+    tracking.check_run_limits(cfg, sft_defaults(), _recipe_tags(cfg))  # before anything is logged
+    gguf_model.resolve_gguf(cfg.model)  # model.gguf_file: converted once into a model directory
     set_seed(cfg.seed)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -121,6 +125,7 @@ def set_up(cfg: DictConfig) -> Setup:
         callbacks=[tracking.MetricsOnlyMLflowCallback(), checkpoint.ResumeGuard(resume_from)],
     )
     launch.check_sharding(trainer)  # FSDP/DeepSpeed asked for but not active: stop, train nothing else
+    trainer.add_callback(launch.sharded_model_check()(trainer))  # and FSDP2 that did not shard: stop
     stop_on_signal = checkpoint.StopOnSignal(trainer.accelerator)
     trainer.add_callback(stop_on_signal)
     return Setup(
@@ -227,12 +232,23 @@ def log_and_register(cfg: DictConfig, setup: Setup, metrics: dict[str, float], r
     }
     log.info("logging the model to MLflow as an llm/v1/chat model")
     adapter_only = with_peft and cfg.logger.peft_save == PeftSave.adapter
-    return tracking.log_chat_model(final, setup.tokenizer, cfg.logger, adapter_only, tags)
+    logger_cfg = cfg.logger
+    if _in_sweep() and not logger_cfg.register_sweep_points:  # points do not pile versions on a name
+        logger_cfg = OmegaConf.merge(logger_cfg, {"registered_model_name": None})
+    return tracking.log_chat_model(final, setup.tokenizer, logger_cfg, adapter_only, tags)
 
 
-def summarize(setup: Setup, metrics: dict[str, float], run_id: str, version) -> dict[str, float]:
+def _in_sweep() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def summarize(
+    setup: Setup, metrics: dict[str, float], run_id: str, version, held_out_rows: int = 0
+) -> dict[str, float]:
     """summary.json in the run folder and the printed summary; returns the metrics."""
     summary = {
+        "held_out_rows": held_out_rows,  # the answers exact match and stop rate are measured on
+        "held_out_total": len(setup.splits["test"]),
         "run_dir": str(setup.output_dir),
         "mlflow_run_id": run_id,
         "tracking_uri": mlflow.get_tracking_uri(),
@@ -248,6 +264,11 @@ def summarize(setup: Setup, metrics: dict[str, float], run_id: str, version) -> 
 def sft_defaults() -> dict:
     """TRL's defaults for every sft key (to log only what a config changes)."""
     return OmegaConf.to_container(OmegaConf.structured(sft_schema()), enum_to_str=True)
+
+
+def _recipe_tags(cfg: DictConfig) -> dict[str, str]:
+    """The run's own tags (besides world_size), checked against Azure ML's limits in `set_up`."""
+    return {"profile": str(cfg.get("profile")), "hydra.overrides": _overrides(), "run_id": cfg.run_id}
 
 
 def _overrides() -> str:
@@ -288,13 +309,7 @@ def _mlflow_run(cfg: DictConfig, output_dir: Path, resume_from: Path | None):
 def _log_settings(cfg: DictConfig, setup: Setup, continued: bool) -> None:
     """Tags, params (once per MLflow run), the resolved config, the chat template, the data's stats."""
     mlflow.set_tags(
-        {
-            "profile": str(cfg.get("profile")),
-            "hydra.overrides": _overrides(),
-            "run_id": cfg.run_id,
-            "world_size": str(setup.trainer.args.world_size),
-            **cfg.logger.tags,
-        }
+        {**_recipe_tags(cfg), "world_size": str(setup.trainer.args.world_size), **cfg.logger.tags}
     )
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     if setup.resume_from is not None:
@@ -341,8 +356,10 @@ def print_summary(summary: dict) -> None:
     if summary.get("resumed_from"):
         lines.append(f"  resumed from   {summary['resumed_from']}")
     if "exact_match_after" in m:
+        rows, total = summary.get("held_out_rows"), summary.get("held_out_total")
         lines.append(
             f"  held-out exact match  {m['exact_match_before']:.0%} before -> {m['exact_match_after']:.0%} after"
+            f" (on {rows} of {total} held-out rows: eval.generate_samples; action=evaluate answers all)"
         )
         lines.append(
             f"  answers that stop     {m['stop_rate_before']:.0%} before -> {m['stop_rate_after']:.0%} after"
@@ -357,5 +374,9 @@ def print_summary(summary: dict) -> None:
         lines.append(f"  registered     models:/{name}/{version}")
         lines.append(
             f"  chat with it   python -m deploy action=chat model.name={name} model.version={version}"
+        )
+        lines.append(
+            f"  next           python -m deploy action=promote model.name={name} model.version={version}"
+            f"  (the gate; then: make serve MODEL={name})"
         )
     print("\n".join(lines))

@@ -6,6 +6,7 @@ training stack (bench/gpu_kit.txt).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -24,6 +25,8 @@ def sft_args(cfg: DictConfig) -> SFTConfig:
     # as they are. Told the option, TRL would look up a training template of its own again and
     # refuse every template it does not ship.
     kwargs["assistant_only_loss"] = False
+    if kwargs.get("disable_tqdm") is None:  # progress bars only on a terminal, not in a log file
+        kwargs["disable_tqdm"] = not sys.stderr.isatty()
     return SFTConfig(
         output_dir=str(Path(cfg.paths.output_dir) / "checkpoints"),
         report_to="none",  # MLflow: train.tracking's callback and the recipe's stages

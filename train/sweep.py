@@ -27,6 +27,25 @@ PARENT_RUN_ENV = "FINETUNE_PHI_PARENT_RUN_ID"
 OBJECTIVE = "eval_loss"
 
 
+def best_point_summary(best, points: int, sweep_overrides: str) -> str:
+    """The lines a sweep ends with: the best point (what it set beyond the sweep's command line),
+    its run, and how to serve it."""
+    run_id = best.info.run_id
+    shared = set(sweep_overrides.split())
+    own = [o for o in best.data.tags.get("hydra.overrides", "").split() if o not in shared]
+    return "\n".join(
+        [
+            "",
+            f"Sweep finished: {points} points.",
+            f"  best point     {' '.join(own) or '(the defaults)'}",
+            f"  {OBJECTIVE:<14} {best.data.metrics[OBJECTIVE]:.4f}",
+            f"  MLflow run     {run_id} ({best.info.run_name})",
+            f"  next           python -m deploy target=local model.uri=runs:/{run_id}/model  (serve it;"
+            " points register no version unless logger.register_sweep_points=true)",
+        ]
+    )
+
+
 class MLflowSweepCallback(Callback):
     def __init__(self) -> None:
         self.parent_run_id: str | None = None
@@ -79,6 +98,8 @@ class MLflowSweepCallback(Callback):
             client.log_metric(self.parent_run_id, f"best_{OBJECTIVE}", best.data.metrics[OBJECTIVE])
             client.set_tag(self.parent_run_id, "best_run_id", best.info.run_id)
             client.set_tag(self.parent_run_id, "best_overrides", best.data.tags.get("hydra.overrides", ""))
+            sweep_overrides = parent.data.tags.get("hydra.overrides", "")
+            print(best_point_summary(best, len(children), sweep_overrides), flush=True)
         results = Path(config.hydra.sweep.dir) / "optimization_results.yaml"  # written by the Optuna sweeper
         if results.exists():
             client.log_artifact(self.parent_run_id, str(results), "sweep")

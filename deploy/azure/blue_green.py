@@ -46,7 +46,9 @@ def run_deploy(cfg, client=None) -> dict:
     """action=deploy, target=azureml: the model checked, gated and deployed blue/green to
     `target.endpoint`; `client` injects an MLClient (tests), else one is made from `target.workspace`."""
     client = client or ml_client(WorkspaceSettings.from_config(cfg.target.workspace))
-    ref = find_model(cfg.model, cfg.tracking_uri, cfg.output_root, for_azureml=True)
+    ref = find_model(
+        cfg.model, cfg.tracking_uri, cfg.output_root, for_azureml=True, default_alias=cfg.gate.alias
+    )
     if cfg.parity.check:
         load_checked_model(ref, cfg.tracking_uri)
     traffic_gate = deployment_gate(ref, cfg.eval, cfg.gate)  # its conversations read before anything is made

@@ -18,7 +18,9 @@ from deploy.registry.load import load_checked_model
 
 def run_evaluate(cfg) -> Evaluation:
     """action=evaluate: `model.*` evaluated on its held-out set (or `eval.source`), printed and logged."""
-    ref = find_model(cfg.model, cfg.tracking_uri, cfg.output_root, for_azureml=False)
+    ref = find_model(
+        cfg.model, cfg.tracking_uri, cfg.output_root, for_azureml=False, default_alias=cfg.gate.alias
+    )
     cases, source = held_out_cases(cfg.eval, training_run_id(ref), cfg.eval.max_rows)
     label = f"v{ref.version}" if ref.version else ref.name
     print(f"evaluating {ref.uri} on {len(cases)} conversations from {source} ...", flush=True)

@@ -140,3 +140,4 @@ def set_alias_unless_moved(
         print(f"no version held @{alias} yet: promoted v{version} on its own metrics")
     else:
         print(f"promoted: @{alias} moved from v{holder} to v{version}")
+    print(f"next: make serve MODEL={name}  (serves @{alias}: v{version}), or make chat MODEL={name}")

@@ -5,8 +5,9 @@ Sources, in the order `resolve` tries them (`model.*` keys of conf/deploy/deploy
 - `model.azureml_job`: an Azure ML training job's MLflow model output, by job name, or
   `last` for the job recorded in `<output_root>/azureml/last_job.json` by `python -m train
   target=azureml`;
-- `model.name` with `model.version`, `model.alias`, or neither (the latest version) in the
-  MLflow registry at `tracking_uri`.
+- `model.name` with `model.version`, `model.alias`, or neither: the version holding the
+  gate's alias (`champion`, what passed the promotion gate) when one does, else the latest
+  version, in the MLflow registry at `tracking_uri`.
 """
 
 from __future__ import annotations
@@ -103,10 +104,17 @@ def azureml_job_model_path(job_name: str) -> str:
     return f"azureml://jobs/{job_name}/outputs/artifacts/paths/model/"
 
 
-def resolve(model_cfg, client: MlflowClient | None, output_root: str | Path, for_azureml: bool) -> ModelRef:
+def resolve(
+    model_cfg,
+    client: MlflowClient | None,
+    output_root: str | Path,
+    for_azureml: bool,
+    default_alias: str | None = None,
+) -> ModelRef:
     """The model `model_cfg` points at. An Azure ML job's model is an azureml:// path for
     target=azureml, and `runs:/<job>/model` (job name = MLflow run id) for local use, which
-    needs MLFLOW_TRACKING_URI set to the workspace."""
+    needs MLFLOW_TRACKING_URI set to the workspace. With neither a version nor an alias, the
+    version holding `default_alias` when one does, else the latest."""
     if model_cfg.get("uri"):
         return ModelRef(uri=model_cfg.uri, name=model_cfg.name)
     if model_cfg.get("azureml_job"):
@@ -116,16 +124,34 @@ def resolve(model_cfg, client: MlflowClient | None, output_root: str | Path, for
         return ModelRef(uri=uri, name=model_cfg.name, azureml_job=job)
     if client is None:
         raise ValueError("an MLflow client is needed to look up registered models")
-    name, alias = model_cfg.name, model_cfg.get("alias")
-    return version_ref(name, registered_version(client, name, model_cfg.get("version"), alias), alias)
+    name, alias, version = model_cfg.name, model_cfg.get("alias"), model_cfg.get("version")
+    if version is None and alias is None and default_alias:
+        latest = registered_version(client, name)  # also: "no such model" with the fix
+        holder = alias_holder(client, name, default_alias)
+        if holder is not None:
+            print(f"model: {name} v{holder} (@{default_alias}; the latest is v{latest})", flush=True)
+            return version_ref(name, holder)
+        print(
+            f"model: {name} v{latest} (the latest: no version holds @{default_alias} yet; "
+            f"`python -m deploy action=promote model.name={name} model.version={latest}` gates one)",
+            flush=True,
+        )
+        return version_ref(name, latest)
+    return version_ref(name, registered_version(client, name, version, alias), alias)
 
 
-def find_model(model_cfg, tracking_uri: str, output_root: str | Path, for_azureml: bool) -> ModelRef:
+def find_model(
+    model_cfg,
+    tracking_uri: str,
+    output_root: str | Path,
+    for_azureml: bool,
+    default_alias: str | None = None,
+) -> ModelRef:
     """`resolve` against the MLflow store at `tracking_uri` (the registry only when it is needed)."""
     mlflow.set_tracking_uri(tracking_uri)
     needs_registry = not (model_cfg.get("uri") or model_cfg.get("azureml_job"))
     client = MlflowClient() if needs_registry else None
-    return resolve(model_cfg, client, output_root, for_azureml=for_azureml)
+    return resolve(model_cfg, client, output_root, for_azureml=for_azureml, default_alias=default_alias)
 
 
 def registry_version(ref: ModelRef):

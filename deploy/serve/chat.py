@@ -38,7 +38,9 @@ def run_chat(cfg, client=None) -> list[dict]:
         url = credentials.scoring_uri
         answer = endpoint_answer(url, credentials.key, params)
     else:
-        ref = find_model(cfg.model, cfg.tracking_uri, cfg.output_root, for_azureml=False)
+        ref = find_model(
+            cfg.model, cfg.tracking_uri, cfg.output_root, for_azureml=False, default_alias=cfg.gate.alias
+        )
         url = ref.uri
         answer = scorer_answer(Scorer(load_checked_model(ref, cfg.tracking_uri, cfg.parity.check)), params)
     print("chatting with", url, "(/reset to start over, /exit or Ctrl-D to leave)")

@@ -32,10 +32,25 @@ DEFAULT_KEY_ENV = "FINETUNE_PHI_ENDPOINT_KEY"
 
 def run_local(cfg) -> None:
     """action=deploy, target=local: `model.*` found, loaded, checked and served on `port`."""
-    ref = find_model(cfg.model, cfg.tracking_uri, cfg.output_root, for_azureml=False)
+    check_port_free(int(cfg.port))  # before the model loads: a taken port is known at once
+    ref = find_model(
+        cfg.model, cfg.tracking_uri, cfg.output_root, for_azureml=False, default_alias=cfg.gate.alias
+    )
     chat_model = load_checked_model(ref, cfg.tracking_uri, cfg.parity.check)
     target = OmegaConf.to_object(cfg.target)  # the LocalTarget dataclass, with its limits and settings
     return serve(chat_model, target.limits, target.server, port=int(cfg.port), key_env=cfg.key_env)
+
+
+def check_port_free(port: int, host: str = "127.0.0.1") -> None:
+    """Raise OSError(EADDRINUSE) when `port` cannot be bound (uvicorn would only log it after loading)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise OSError(e.errno, f"127.0.0.1:{port}: {e.strerror}") from None
 
 
 def endpoint_key(key_env: str, environ: Mapping[str, str] = os.environ) -> str | None:

@@ -106,7 +106,7 @@ def test_packed_training_has_the_loss_of_padded_training(tmp_path, attn):
             output_dir=str(tmp_path / str(packing)),
             use_cpu=True,
             bf16=False,
-            gradient_checkpointing=False,
+            activation_checkpointing=False,
             report_to="none",
             save_strategy="no",
             logging_steps=1,

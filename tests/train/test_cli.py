@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -80,6 +83,7 @@ def test_prepare_command_names_the_bad_row_and_writes_nothing_trainable(tmp_path
         f"data.source={src}",
         f"data.output_dir={out}",
         f"paths.output_root={tmp_path}/outputs",
+        "model.demo_only=false",  # the tiny model's tokenizer is enough to check rows
     )
     assert result.returncode == 2
     # One line, no traceback (through Hydra's error reporting too).
@@ -88,3 +92,51 @@ def test_prepare_command_names_the_bad_row_and_writes_nothing_trainable(tmp_path
     assert "data.on_error=skip" in line  # says what to do
     assert "Traceback" not in result.stderr and "HYDRA_FULL_ERROR" not in result.stderr
     assert not (out / "train.jsonl").exists()
+
+
+@pytest.mark.parametrize("module", ["train", "train.prepare"])
+def test_own_data_with_the_demo_model_stops_naming_the_presets(tmp_path, module):
+    src = tmp_path / "my_chats.jsonl"
+    src.write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+    )
+    result = run_module(module, f"data.source={src}", f"paths.output_root={tmp_path}/outputs")
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: data.source={src} with the tiny demo model")
+    assert "model=smollm2" in line and "+profile=a100" in line and "model.demo_only=false" in line
+    assert not (tmp_path / "outputs" / "mlflow.db").exists()
+
+
+def test_a_hub_model_not_cached_while_offline_stops_at_once(tmp_path):
+    result = run_module(
+        "train.prepare",
+        "+profile=a100",
+        f"paths.output_root={tmp_path}/outputs",
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+    )
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "microsoft/Phi-3.5-mini-instruct is not in the local Hugging Face cache" in line
+    assert "HF_HUB_OFFLINE" in line and "model.name_or_path=" in line
+
+
+def test_no_azure_login_is_one_line_saying_az_login(tmp_path):
+    """azure-identity's real AzureCliCredential, with no `az` on PATH (no network call is made)."""
+    result = run_module(
+        "train",
+        "+profile=cpu",
+        "target=azureml",
+        "target.workspace.credential=azure_cli",
+        f"paths.output_root={tmp_path}/outputs",
+        env={
+            "AZURE_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000000",
+            "AZURE_RESOURCE_GROUP": "rg",
+            "AZUREML_WORKSPACE_NAME": "ws",
+            "PATH": str(Path(sys.executable).parent),
+        },
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "experimental class" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "WARNING" in line or line.startswith("error")]
+    assert line.startswith("error: no Azure login that works here: run `az login`")

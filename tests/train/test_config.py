@@ -54,7 +54,7 @@ def test_a100_profile_is_the_seed_recipe_with_its_fixes(compose_train):
     assert (sft.num_train_epochs, sft.per_device_train_batch_size, sft.max_length) == (3, 4, 2048)
     assert sft.packing and sft.eval_strategy == "epoch" and sft.seed == 0
     # The memory plan: ~50 GiB without activation checkpointing fits the 80 GB card with room.
-    assert not sft.gradient_checkpointing
+    assert not sft.activation_checkpointing
     # bf16 weights with an optimizer whose updates reach them (tests/train/test_precision.py).
     assert (cfg.model.dtype, sft.optim, sft.optim_args) == (
         "bfloat16",
@@ -194,3 +194,17 @@ def test_run_dirs_are_unique_per_invocation(compose_train):
     run_dir = HydraConfig.get().run.dir
     assert Path(run_dir).parent.name == "runs"
     assert len(Path(run_dir).name.split("-")[-1]) == 6  # microseconds: no two runs share a dir
+
+
+@pytest.mark.parametrize(
+    ("overrides", "name"),
+    [
+        ((), "tiny-phi3-sft"),  # the demo's bundled data
+        (("data.source=/home/me/my chats.v2.csv",), "tiny-phi3-my-chats-sft"),
+        (("+profile=a100",), "phi35-mini-ultrachat_200k-sft"),
+        (("+profile=a100", "data.source=azureml:ultrachat-1pct:3"), "phi35-mini-ultrachat-1pct-sft"),
+        (("data.source=x.jsonl", "logger.registered_model_name=mine"), "mine"),
+    ],
+)
+def test_registered_name_follows_the_model_and_the_data(compose_train, overrides, name):
+    assert compose_train(*overrides).logger.registered_model_name == name

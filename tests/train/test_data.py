@@ -361,7 +361,9 @@ def test_an_unreachable_hub_dataset_says_what_a_source_can_be(compose_train, tmp
 def test_prepare_command_writes_the_files_and_prints_counts_and_preview(compose_train, tmp_path, capsys):
     src = write_jsonl(tmp_path / "chats.jsonl", [chat(f"q{i}?", f"a{i}") for i in range(20)])
     out = tmp_path / "out"
-    cfg, _ = local(compose_train, tmp_path, src, f"data.output_dir={out}", "preview=2")
+    cfg, _ = local(
+        compose_train, tmp_path, src, f"data.output_dir={out}", "preview=2", "model.demo_only=false"
+    )
     prepare_and_report(cfg)
     printed = capsys.readouterr().out
     assert {p.name for p in out.iterdir()} >= {"train.jsonl", "test.jsonl", "stats.json", "rejects.jsonl"}

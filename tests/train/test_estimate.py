@@ -133,18 +133,18 @@ def test_memory_plan_activations(compose_train, tmp_path, no_weights, offline):
     per_layer, head = 8192 * 57344 * 2 / 2**30, 2 * 4096 * 32064 * 2 / 2**30
     inputs = 8192 * 3072 * 2 / 2**30  # what a checkpointed layer keeps: its input
     plans = {
-        "sft.gradient_checkpointing=false": 32 * per_layer + head,  # 28.49 GiB: the GPU profiles
-        "sft.gradient_checkpointing=true": 32 * inputs
+        "sft.activation_checkpointing=false": 32 * per_layer + head,  # 28.49 GiB: the GPU profiles
+        "sft.activation_checkpointing=true": 32 * inputs
         + 2 * per_layer
         + head,  # one layer recomputed at a time
-        "sft.gradient_checkpointing_kwargs.every_n_layers=2": 16 * per_layer
+        "sft.activation_checkpointing_kwargs.every_n_layers=2": 16 * per_layer
         + 16 * inputs
         + 2 * per_layer
         + head,
-        "sft.gradient_checkpointing_kwargs.offload=true": 2 * per_layer + head,  # inputs in host memory
+        "sft.activation_checkpointing_kwargs.offload=true": 2 * per_layer + head,  # inputs in host memory
     }
     for override, activations in plans.items():
-        on = [] if "=false" in override else ["sft.gradient_checkpointing=true"]
+        on = [] if "=false" in override else ["sft.activation_checkpointing=true"]
         est = build_estimate(
             compose_train("+profile=h200", "model=phi3_mini_4k", *on, override, tmp=tmp_path)
         )

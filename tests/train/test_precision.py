@@ -118,7 +118,7 @@ def _trainer_of_small_phi3(tmp_path_factory):
             "sft.max_length=32",
             "sft.packing=false",
             "sft.assistant_only_loss=false",  # pre-tokenized rows, no chat template
-            "sft.gradient_checkpointing=false",
+            "sft.activation_checkpointing=false",
             "sft.eval_strategy=no",
             "sft.save_strategy=no",
             "sft.disable_tqdm=true",

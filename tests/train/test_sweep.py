@@ -24,7 +24,7 @@ def test_a_two_point_optuna_sweep_is_one_parent_run_with_two_children(tmp_path):
         "train",
         "hparams_search=lr_optuna",
         "hydra.sweeper.n_trials=2",
-        *QUICK_TRAIN,
+        *(o for o in QUICK_TRAIN if o != "logger.log_model=false"),  # points log their models
         f"paths.output_root={tmp_path}/outputs",
         unset=("MLFLOW_TRACKING_URI",),
     )
@@ -41,5 +41,10 @@ def test_a_two_point_optuna_sweep_is_one_parent_run_with_two_children(tmp_path):
     best = min(children, key=lambda c: c.data.metrics["eval_loss"])
     assert parent.data.metrics["best_eval_loss"] == pytest.approx(best.data.metrics["eval_loss"])
     assert parent.data.tags["best_run_id"] == best.info.run_id
+    # The sweep says which point won and how to serve it; its points register no version.
+    assert f"MLflow run     {best.info.run_id}" in result.stdout
+    assert f"model.uri=runs:/{best.info.run_id}/model" in result.stdout
+    assert "best point     sft.learning_rate=" in result.stdout
+    assert client.search_registered_models() == []
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
     assert artifacts == {"sweep/optimization_results.yaml", "sweep/search_space.yaml"}

@@ -80,3 +80,15 @@ def test_azureml_job_by_name_or_the_last_one_training_submitted(tmp_path):
 def test_alias_holder_is_none_only_when_no_version_holds_it(client):
     assert alias_holder(client, "m", "champion") == "2"
     assert alias_holder(client, "m", "challenger") is None
+
+
+def test_with_neither_version_nor_alias_the_champion_is_served_and_said(client, tmp_path, capsys):
+    """What passed the gate is served, not a newer version the gate refused; the output says which."""
+    ref = resolve(model_cfg(), client, tmp_path, False, default_alias="champion")
+    assert ref == ModelRef("models:/m/2", "m", "2")
+    assert "m v2 (@champion; the latest is v3)" in capsys.readouterr().out
+    client.create_registered_model("fresh")
+    client.create_model_version("fresh", source=str(tmp_path))
+    ref = resolve(model_cfg(name="fresh"), client, tmp_path, False, default_alias="champion")
+    assert ref == ModelRef("models:/fresh/1", "fresh", "1")
+    assert "no version holds @champion yet" in capsys.readouterr().out
