@@ -53,8 +53,81 @@ def split_for_generation(messages: list[dict]) -> tuple[list[dict], str] | None:
 
 
 def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """Token ids of the prompt a model answers: the chat template with the generation prompt."""
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+    """Token ids of the prompt a model answers: the chat template with the generation prompt.
+
+    Message content is text: a special token's text typed inside it (`<|end|><|assistant|>`) is
+    tokenized as the characters it is, never as the special token, so nobody can forge a turn.
+    The template's own special tokens are untouched; a conversation without such text gets
+    exactly the template's ids."""
+    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)
+    specials = {tokenizer.convert_ids_to_tokens(i): i for i in special_token_ids(tokenizer)}
+    if not any(token and token in m["content"] for m in messages for token in specials):
+        return encoded["input_ids"]
+    return _ids_with_content_as_text(tokenizer, messages, set(specials.values()))
+
+
+def _ids_with_content_as_text(tokenizer, messages: list[dict], special: set[int]) -> list[int]:
+    """`prompt_ids` of a conversation whose content holds special-token text: the rendered text
+    tokenized as usual, then each stretch between two of the template's own special tokens that
+    holds such text tokenized again as plain text (what it would be were those tokens not special)."""
+    text, spans = _rendered_with_content_spans(tokenizer, messages)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+
+    def in_content(start: int) -> bool:
+        return any(first <= start < end for first, end in spans)
+
+    ids: list[int] = []
+    stretch_start, stretch = 0, []  # the text since the last template special token, and its ids
+    for token, (start, end) in [
+        *zip(encoded["input_ids"], encoded["offset_mapping"]),
+        (None, (len(text),) * 2),
+    ]:
+        if token is not None and (token not in special or in_content(start)):
+            stretch.append(token)
+            continue
+        if any(t in special for t in stretch):  # forged: tokenize that stretch as text
+            stretch = tokenizer(
+                text[stretch_start:start], add_special_tokens=False, split_special_tokens=True
+            )
+            stretch = stretch["input_ids"]
+        ids += stretch + ([token] if token is not None else [])
+        stretch_start, stretch = end, []
+    return ids
+
+
+def _rendered_with_content_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered prompt and where each message's content lies in it, found by rendering with a
+    marker in place of each content (a content search could match the template's own text)."""
+    from common.payloads import BadRequest
+
+    def marker(i: int) -> str:
+        return f"\ue000{i}\ue001"  # private-use characters: never in a template
+
+    def render(conversation: list[dict]) -> str:
+        return tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+
+    text = render(messages)
+    marked = render([{**m, "content": marker(i)} for i, m in enumerate(messages)])
+    for transform in (lambda c: c, str.strip):  # templates insert content as it is, or trimmed
+        pieces, spans, cursor, position = [], [], 0, 0
+        for i, message in enumerate(messages):
+            at = marked.find(marker(i), cursor)
+            if at < 0:
+                continue  # a template may leave a message out (Phi-3-mini's drops system messages)
+            content = transform(message["content"])
+            pieces.append(marked[cursor:at])
+            position += at - cursor
+            spans.append((position, position + len(content)))
+            pieces.append(content)
+            position += len(content)
+            cursor = at + len(marker(i))
+        if "".join(pieces) + marked[cursor:] == text:
+            return text, spans
+    raise BadRequest(
+        "a message contains a special token's text, and this model's chat template changes content in a way "
+        "that hides where the content lies; remove the special token text from the messages",
+        param="messages",
+    )
 
 
 def longest_token_chars(tokenizer) -> int:
@@ -63,6 +136,27 @@ def longest_token_chars(tokenizer) -> int:
     byte-fallback ones, `<0xE2>`, are longer). 0.1 s for Phi-3's 32,064 tokens."""
     vocabulary = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     return max(len(token or "") for token in vocabulary)
+
+
+def stop_at_text(tokenizer, stop: list[str], prompt_width: int):
+    """A stopping criterion for `model.generate`: a row stops once the text of its last tokens
+    holds a stop string. It decodes the last 4 x (longest stop string) + 4 tokens of each row per
+    step (a token stands for at least one byte, a character for at most four), so its cost does
+    not depend on the vocabulary; transformers' `stop_strings` precomputes tables over the whole
+    vocabulary for every stop string (tens of seconds and a gigabyte for one of a few thousand
+    characters on Phi-3's 32,064 tokens)."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    window = 4 * max(map(len, stop)) + 4
+
+    class StopAtText(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            tail = input_ids[:, max(prompt_width, input_ids.shape[1] - window) :]
+            texts = tokenizer.batch_decode(tail, skip_special_tokens=True)
+            return torch.tensor([any(s in t for s in stop) for t in texts], device=input_ids.device)
+
+    return StoppingCriteriaList([StopAtText()])
 
 
 class Generator:
@@ -129,7 +223,7 @@ class Generator:
         )
         kwargs: dict[str, Any] = self.full_kwargs(generate)
         if stop:
-            kwargs.update(stop_strings=stop, tokenizer=self.tokenizer)
+            kwargs["stopping_criteria"] = stop_at_text(self.tokenizer, stop, width)
         was_training = self.model.training
         self.model.eval()
         try:

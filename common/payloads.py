@@ -50,7 +50,15 @@ OPENAI_EXTRAS = ("model", "n", "stream", "user")
 DEFAULT_MAX_NEW_TOKENS = 128
 MAX_NEW_TOKENS_LIMIT = 4096
 MAX_STOP = 4  # stop strings per request, as OpenAI
+# Characters in one stop string: a stream holds this much back, and the scoring script looks for
+# stop strings in the last (4 x this) tokens' text at every step.
+MAX_STOP_CHARS = 256
+# Below this a positive temperature overflows the sampling step (logits / temperature reach inf,
+# softmax gives NaN, torch.multinomial raises): 0.01 keeps logits up to 655 finite even in float16.
+MIN_TEMPERATURE = 0.01
 ROLES = ("system", "user", "assistant")
+# OpenAI's `developer` role (o1 and later) is the system message under another name.
+ROLE_ALIASES = {"developer": "system"}
 
 EXPECTED = (
     'expected one of: {"input_data": ["text", ...], "params": {...}} (seed A); '
@@ -175,22 +183,47 @@ def _check_messages(messages: Any, where: str, limits: RequestLimits) -> list[di
         raise BadRequest(
             f"{where} has {len(messages)} messages; at most {limits.max_messages} are accepted", param=where
         )
+    checked = []
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+        if not isinstance(message, dict):
             raise BadRequest(
-                f"{where}[{i}] must be an object with a string 'content'; got {message!r:.80}",
+                f"{where}[{i}] must be an object with 'role' and 'content'; got {message!r:.80}",
                 param=f"{where}[{i}]",
             )
-        _text(message["content"], f"{where}[{i}].content")
-        if message.get("role") not in ROLES:
+        role = ROLE_ALIASES.get(message.get("role"), message.get("role"))
+        if role not in ROLES:
             raise BadRequest(
-                f"{where}[{i}].role must be system, user or assistant; got {message.get('role')!r:.40}",
+                f"{where}[{i}].role must be system, developer, user or assistant; got {message.get('role')!r:.40}",
                 param=f"{where}[{i}].role",
             )
-    if messages[-1]["role"] != "user":
+        checked.append({"role": role, "content": _content(message.get("content"), f"{where}[{i}].content")})
+    if checked[-1]["role"] != "user":
         raise BadRequest(f"{where} must end with a user message (the turn to answer)", param=where)
-    _check_length([m["content"] for m in messages], where, limits)
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
+    _check_length([m["content"] for m in checked], where, limits)
+    return checked
+
+
+def _content(content: Any, where: str) -> str:
+    """A message's text: a string, or OpenAI's list of text parts (`[{"type": "text", "text": ...}]`,
+    joined with newlines as vLLM joins them). Other parts (images, audio, files) are refused."""
+    if isinstance(content, str):
+        return _text(content, where)
+    if not isinstance(content, list) or not content:
+        raise BadRequest(
+            f"{where} must be a string or a non-empty list of {{'type': 'text', 'text': ...}} parts",
+            param=where,
+        )
+    texts = []
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or part.get("type") != "text" or set(part) != {"type", "text"}:
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            raise BadRequest(
+                f"{where}[{j}]: only text parts {{'type': 'text', 'text': ...}} are supported; got {kind!r:.40}",
+                param=f"{where}[{j}]",
+                code="unsupported_content",
+            )
+        texts.append(_text(part["text"], f"{where}[{j}].text"))
+    return "\n".join(texts)
 
 
 def check_context(prompt_tokens: int, max_new_tokens: int, context: int) -> None:
@@ -244,9 +277,12 @@ def generation_kwargs(params: dict, where: str = "params") -> tuple[dict[str, An
     if (
         isinstance(temperature, bool)
         or not isinstance(temperature, (int, float))
-        or not 0 <= temperature <= 2
+        or not (temperature == 0 or MIN_TEMPERATURE <= temperature <= 2)
     ):
-        raise BadRequest(f"{where}: temperature must be a number in [0, 2]", param="temperature")
+        raise BadRequest(
+            f"{where}: temperature must be 0 (greedy) or a number in [{MIN_TEMPERATURE}, 2]; got {temperature!r:.30}",
+            param="temperature",
+        )
     top_p = params.get("top_p", 1.0)
     if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
         raise BadRequest(f"{where}: top_p must be a number in (0, 1]", param="top_p")
@@ -266,7 +302,13 @@ def generation_kwargs(params: dict, where: str = "params") -> tuple[dict[str, An
         raise BadRequest(
             f"{where}: stop must be a string or a list of at most {MAX_STOP} strings", param="stop"
         )
-    return kwargs, [_text(s, "stop", non_empty=True) for s in stop]
+    stop = [_text(s, "stop", non_empty=True) for s in stop]
+    if any(len(s) > MAX_STOP_CHARS for s in stop):
+        raise BadRequest(
+            f"{where}: a stop string has {max(map(len, stop))} characters; at most {MAX_STOP_CHARS} are accepted",
+            param="stop",
+        )
+    return kwargs, stop
 
 
 def parse_request(payload: Any, limits: RequestLimits = DEFAULT_LIMITS) -> ChatRequest:

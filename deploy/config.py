@@ -77,6 +77,8 @@ class ServerSettings:
     request_timeout_s: float = 120.0
     max_batch: int = 16
     max_queue: int = 64
+    max_slots_per_request: int = 4
+    allowed_hosts: list[str] = field(default_factory=list)
     kv_cache_tokens: int | None = None
     torch_threads: int | None = 1
     shutdown_timeout_s: float = 5.0

@@ -56,8 +56,10 @@ def covers(assignment_scope: str, resource: str) -> bool:
 
 
 def role_grants(arm, principal: str, scopes: set[str]) -> list[tuple[str, dict]]:
-    """(scope, role definition) of every role assignment of `principal` at, above or below `scopes`."""
-    params = {"api-version": ROLE_API, "$filter": f"principalId eq '{principal}'"}
+    """(scope, role definition) of every role assignment of `principal` at, above or below `scopes`,
+    its own and those of the Entra groups it is a member of (`assignedTo`; `principalId eq` lists
+    only its own, and a role granted through a group looked missing)."""
+    params = {"api-version": ROLE_API, "$filter": f"assignedTo('{principal}')"}
     assignments = [
         a["properties"]
         for scope in sorted(scopes)

@@ -62,15 +62,24 @@ def training_tokenizer_info(run_artifacts_dir: str | Path) -> dict:
 
 
 def download_training_tokenizer_info(run_id: str, dst: str | Path) -> dict | None:
-    """The logged tokenizer artifacts of `run_id`, or None when the run has none."""
+    """The logged tokenizer artifacts of `run_id`, or None when the run has none (a run logged by
+    another tool). A run that cannot be read (auth, network, a missing run) is a ParityError, never
+    a silent skip: the check then compared nothing and the deploy went on."""
     import mlflow
+    from mlflow.tracking import MlflowClient
 
     try:
+        if not MlflowClient().list_artifacts(run_id, "tokenizer"):
+            return None
         path = mlflow.artifacts.download_artifacts(
             run_id=run_id, artifact_path="tokenizer", dst_path=str(dst)
         )
-    except Exception:  # a run logged by another tool: no training artifacts to compare with
-        return None
+    except Exception as e:
+        raise ParityError(
+            f"parity check: the training run {run_id}'s tokenizer artifacts could not be read "
+            f"({type(e).__name__}: {str(e)[:300]}); nothing was served or deployed. Fix access to the tracking "
+            "store, or skip the check explicitly with parity.check=false"
+        ) from e
     return training_tokenizer_info(path)
 
 

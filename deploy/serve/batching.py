@@ -15,8 +15,13 @@ transformers 5.23, see the README's serving section):
   its text is searched, and a hit cancels it;
 - `cancel_request()` drops a request without a last output, so whoever cancels (a stop string,
   the deadline, a client that went away) answers the caller here;
-- a bound on the requests in flight (`QueueFull`: the server answers 503), since the manager's
-  own bounded queue blocks the caller for 10 s when full;
+- a bound on the work in flight, counted in slots (`max_batch + max_queue` of them; `QueueFull`:
+  the server answers 503), since the manager's own bounded queue blocks the caller for 10 s when
+  full. A job takes one slot, or runs within the `Slots` its request reserved (a /score request
+  with many prompts runs them a few at a time within its share, deploy/serve/serving.py);
+- a generation loop that dies (an exception in a step fails every request in flight and stops
+  the manager's thread) is started again before the next request or health probe: the failure
+  reaches the requests it touched (500), and everyone after is served;
 - the KV cache sized explicitly on a CPU: by default the manager takes 80-90% of the machine's
   RAM (measured: 13 GB and no answer within 20 s for the tiny model); on a GPU its default is
   the intended use;
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import math
 import time
 from collections.abc import AsyncIterator
@@ -43,6 +49,8 @@ from transformers import ContinuousBatchingConfig, GenerationConfig
 from common.generation import Generator
 
 PAGE_SIZE = 64  # tokens per KV-cache block
+
+log = logging.getLogger(__name__)
 
 
 class QueueFull(RuntimeError):
@@ -54,17 +62,38 @@ class GenerationFailed(RuntimeError):
 
 
 class GenerationLoopDied(GenerationFailed):
-    """The generation loop has died: no request can be generated until the server restarts."""
+    """The generation loop died and could not be started again."""
+
+
+class Slots:
+    """Slots of the engine's capacity held for one request until `release()`; its jobs run within them."""
+
+    def __init__(self, engine: BatchedGenerator, count: int):
+        self.engine, self.count, self.held = engine, count, True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.engine.reserved -= self.count
 
 
 class Job:
     """One request in flight: its text as it grows, its answer, and a way to cancel it."""
 
     def __init__(
-        self, engine: BatchedGenerator, request_id: str, prompt_ids: list[int], stop: list[str], stream: bool
+        self,
+        engine: BatchedGenerator,
+        request_id: str,
+        prompt_ids: list[int],
+        stop: list[str],
+        stream: bool,
+        own_slot: Slots | None = None,
     ):
         self.engine, self.request_id, self.prompt_ids = engine, request_id, prompt_ids
         self.stop, self.stream = stop, stream
+        self.own_slot = own_slot  # released when the job ends; None: it runs within its request's slots
+        self.request: dict = {}  # the manager's add_request arguments besides the prompt
+        self.taken = False  # by the manager (False: dropped while its loop was stopping)
         self.hold = max((len(s) - 1 for s in stop), default=0)  # a stop string may be starting
         self.pieces: asyncio.Queue[str | None] = asyncio.Queue()  # streamed text; None: finished
         self.sent = 0  # characters streamed so far
@@ -88,15 +117,14 @@ class Job:
         """Stop generating (the client is gone or out of time) and free the slot; idempotent."""
         if self.engine.jobs.pop(self.request_id, None) is not None:
             self._stop_generating()
-            self.pieces.put_nowait(None)
+            self._end()
 
     def on_output(self, output) -> None:
         """A GenerationOutput from the manager (every step when streaming, else the last one)."""
         if self.request_id not in self.engine.jobs:
             return  # cancelled: an output that was already on its way
         if output.error is not None:
-            self.error = output.error
-            self._finish()
+            self.fail(output.error)
             return
         tokens = list(output.generated_tokens)
         text = self.engine.generator.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -121,6 +149,11 @@ class Job:
             self.pieces.put_nowait(visible[self.sent :])
             self.sent = len(visible)
 
+    def fail(self, error: str) -> None:
+        if self.engine.jobs.pop(self.request_id, None) is not None:
+            self.error = error
+            self._end()
+
     def _stop_generating(self) -> None:
         self.engine.manager.cancel_request(self.request_id)
         # The manager forgets a handler after a last output, which a cancelled request never gets.
@@ -128,6 +161,11 @@ class Job:
 
     def _finish(self) -> None:
         self.engine.jobs.pop(self.request_id, None)
+        self._end()
+
+    def _end(self) -> None:
+        if self.own_slot is not None:
+            self.own_slot.release()
         self.pieces.put_nowait(None)
 
 
@@ -166,6 +204,10 @@ class BatchedGenerator:
             generation_config=sampling, continuous_batching_config=config
         )
         self.capacity = max_batch + max_queue
+        self.reserved = 0  # slots held (Slots), at most `capacity`
+        self.restarts = 0  # times the generation loop died and was started again
+        self.dead: str | None = None  # why it could not be started again
+        self._watch: asyncio.Task | None = None
         self.jobs: dict[str, Job] = {}
         self._ids = itertools.count()
         self.forward_started: float | None = None  # set while the manager's thread runs a forward pass
@@ -175,46 +217,100 @@ class BatchedGenerator:
         ]
 
     def start(self) -> None:
+        """Start the generation loop, and the watch that starts it again should it die (call from the event loop)."""
         self.manager.start()
+        self._watch = asyncio.get_running_loop().create_task(self._restart_when_dead())
 
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
         for job in list(self.jobs.values()):
             job.cancel()
         self.manager.stop(block=True, timeout=5)
         for hook in self._hooks:
             hook.remove()
 
-    def submit(self, prompt_ids: list[int], generate: dict, stop: list[str], stream: bool = False) -> Job:
-        """Queue a request (`generate`: common.payloads.generation_kwargs' mapping); QueueFull when
-        `max_batch + max_queue` are in flight, GenerationLoopDied when the generation loop has died."""
-        if (fatal := self.manager.background_thread_status.fatal_error) is not None:
-            raise GenerationLoopDied(f"the generation loop died: {fatal}")
-        if len(self.jobs) >= self.capacity:
-            raise QueueFull(f"{len(self.jobs)} requests in flight, the most this server takes")
+    def reserve(self, count: int) -> Slots:
+        """`count` slots for one request's jobs; QueueFull when fewer are free."""
+        if self.dead is not None:
+            raise GenerationLoopDied(self.dead)
+        if self.reserved + count > self.capacity:
+            raise QueueFull(f"{self.reserved} of {self.capacity} slots are taken, {count} asked for")
+        self.reserved += count
+        return Slots(self, count)
+
+    def submit(
+        self,
+        prompt_ids: list[int],
+        generate: dict,
+        stop: list[str],
+        stream: bool = False,
+        slots: Slots | None = None,
+    ) -> Job:
+        """Queue a request (`generate`: common.payloads.generation_kwargs' mapping) within `slots`
+        its request reserved, or in a slot of its own (QueueFull when none is free)."""
+        own_slot = self.reserve(1) if slots is None else self._alive()
         request_id = f"req-{next(self._ids)}"
-        job = Job(self, request_id, prompt_ids, stop, stream)
-        self.jobs[request_id] = job
+        job = Job(self, request_id, prompt_ids, stop, stream, own_slot)
         if generate.get("do_sample"):
             sampling = {"temperature": float(generate["temperature"]), "top_p": float(generate["top_p"])}
         else:
             sampling = {"top_k": 1, "temperature": 1.0, "top_p": 1.0}  # greedy: the argmax, as generate()
-        self.manager.register_result_handler(request_id, job.on_output)
-        self.manager.add_request(
-            prompt_ids,
-            request_id=request_id,
-            max_new_tokens=generate["max_new_tokens"],
-            streaming=stream or bool(stop),
-            eos_token_id=sorted(self.eos),
+        job.request = {
+            "request_id": request_id,
+            "max_new_tokens": generate["max_new_tokens"],
+            "streaming": stream or bool(stop),
+            "eos_token_id": sorted(self.eos),
             **sampling,
-        )
+        }
+        self.jobs[request_id] = job
+        self._send(job)
         return job
+
+    def _alive(self) -> None:
+        if self.dead is not None:
+            raise GenerationLoopDied(self.dead)
+
+    def _send(self, job: Job) -> None:
+        """Hand a job to the manager. One it drops (its loop is stopping after a failure) stays
+        pending, and is sent again once the loop has been started again."""
+        self.manager.register_result_handler(job.request_id, job.on_output)
+        job.taken = self.manager.add_request(job.prompt_ids, **job.request) is not None
+
+    async def _restart_when_dead(self) -> None:
+        """A step that raises stops the manager's thread, which first fails every request it holds
+        (they answer 500). Start it again and send the requests it dropped meanwhile."""
+        status = self.manager.background_thread_status
+        while True:
+            await asyncio.sleep(0.05)
+            if status.fatal_error is None:
+                continue
+            error = status.fatal_error
+            await asyncio.to_thread(self.manager.join, time.perf_counter(), 30)
+            await asyncio.sleep(0.01)  # the failed requests' last outputs, scheduled before it ended
+            if self.manager.is_running():
+                self.dead = f"the generation loop died ({type(error).__name__}: {error}) and did not stop"
+                for job in list(self.jobs.values()):
+                    job.fail(self.dead)
+                return
+            self.restarts += 1
+            log.error(
+                "the generation loop died (%s: %s); started it again (restart %d)",
+                type(error).__name__,
+                error,
+                self.restarts,
+            )
+            self.manager.start()
+            for job in list(self.jobs.values()):
+                if not job.taken:
+                    self._send(job)
 
     def not_ready_reason(self, request_timeout_s: float) -> str | None:
         """Why the server should not take more work now (None: it should)."""
-        if (fatal := self.manager.background_thread_status.fatal_error) is not None:
-            return f"the generation loop died: {type(fatal).__name__}: {fatal}"
-        if len(self.jobs) >= self.capacity:
-            return f"the queue is full ({len(self.jobs)} requests in flight)"
+        if self.dead is not None:
+            return self.dead
+        if self.reserved >= self.capacity:
+            return f"the queue is full ({self.reserved} of {self.capacity} slots taken)"
         started = self.forward_started
         if started is not None and time.monotonic() - started > request_timeout_s:
             return f"a generation step has run for more than the request timeout ({request_timeout_s:g} s)"

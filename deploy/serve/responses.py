@@ -13,14 +13,15 @@ from deploy.serve.serving import ChatServing
 async def respond(request: Request, chat: ChatRequest) -> Response:
     """Generate the request's answers in the shape it came in (plain, or a stream of events)."""
     serving = ChatServing.of(request)
-    jobs = await serving.submit(chat)
+    prompts = await serving.prompt_ids(chat)
+    slots = serving.reserve(len(prompts))  # QueueFull: 503
     if chat.stream:
         return StreamingResponse(
-            serving.events(jobs[0], chat),
+            serving.events(serving.stream(prompts[0], chat, slots), chat),
             media_type="text/event-stream",
             headers={"cache-control": "no-cache"},
         )
-    answers = await serving.answers(jobs, client_gone(request))
+    answers = await serving.answers(chat, prompts, slots, client_gone(request))
     if answers is None:
         return Response(status_code=499)  # the client went away: nobody reads this, the access log does
     return JSONResponse(format_response(chat, answers, serving.model_name))

@@ -19,7 +19,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from common.payloads import BadRequest, ChatRequest, RequestLimits, error_body
 from deploy.config import ServerSettings
-from deploy.serve.batching import BatchedGenerator, GenerationFailed, Job, QueueFull
+from deploy.serve.batching import BatchedGenerator, GenerationFailed, Job, Slots
 
 
 class RequestTimedOut(RuntimeError):
@@ -62,34 +62,57 @@ class ChatServing:
                 status=404,
             )
 
-    async def submit(self, chat: ChatRequest) -> list[Job]:
-        """A job per conversation of the request, or none: QueueFull or GenerationFailed cancels them all."""
+    async def prompt_ids(self, chat: ChatRequest) -> list[list[int]]:
+        """Each conversation's prompt ids, checked against the context (BadRequest naming both numbers)."""
         max_new_tokens = chat.generate["max_new_tokens"]
         generator = self.engine.generator
         # Tokenizing is bounded by the character limit, and kept off the event loop all the same.
-        prompts = await run_in_threadpool(
+        return await run_in_threadpool(
             lambda: [generator.checked_prompt_ids(c, max_new_tokens) for c in chat.conversations]
         )
-        jobs: list[Job] = []
-        try:
-            for prompt in prompts:
-                jobs.append(self.engine.submit(prompt, chat.generate, chat.stop, stream=chat.stream))
-        except (QueueFull, GenerationFailed):
-            for job in jobs:
-                job.cancel()
-            raise
-        return jobs
 
-    async def answers(self, jobs: list[Job], client_gone: Awaitable) -> list[dict] | None:
-        """Every job's answer, or None if `client_gone` completes first (its jobs are cancelled);
-        RequestTimedOut after the request timeout."""
+    def reserve(self, prompts: int) -> Slots:
+        """The request's share of the slots: one per prompt, at most `max_slots_per_request` (QueueFull)."""
+        return self.engine.reserve(max(1, min(prompts, self.settings.max_slots_per_request)))
+
+    def stream(self, prompt: list[int], chat: ChatRequest, slots: Slots) -> Job:
+        """The job of a streamed request; its slots are freed when it ends (or fails to start)."""
+        try:
+            job = self.engine.submit(prompt, chat.generate, chat.stop, stream=True, slots=slots)
+        except BaseException:
+            slots.release()
+            raise
+        job.own_slot = slots
+        return job
+
+    async def answers(
+        self, chat: ChatRequest, prompts: list[list[int]], slots: Slots, client_gone: Awaitable
+    ) -> list[dict] | None:
+        """Every prompt's answer, generated at most `slots.count` at a time; None if `client_gone`
+        completes first (its jobs are cancelled); RequestTimedOut after the request timeout. The
+        slots are released when it returns."""
+        jobs: list[Job] = []
+        answers: list[dict | None] = [None] * len(prompts)
+        pending = iter(enumerate(prompts))
+
+        async def one_slot() -> None:
+            for i, prompt in pending:  # shared: each slot takes the next prompt when it is free
+                job = self.engine.submit(prompt, chat.generate, chat.stop, slots=slots)
+                jobs.append(job)
+                answers[i] = await job.result()
+
         done = asyncio.ensure_future(
-            asyncio.wait_for(asyncio.gather(*(job.result() for job in jobs)), self.settings.request_timeout_s)
+            asyncio.wait_for(
+                asyncio.gather(*(one_slot() for _ in range(slots.count))), self.settings.request_timeout_s
+            )
         )
         gone = asyncio.ensure_future(client_gone)
         try:
             await asyncio.wait({done, gone}, return_when=asyncio.FIRST_COMPLETED)
-            return done.result() if done.done() else None
+            if not done.done():
+                return None
+            done.result()  # a job's failure, raised
+            return answers
         except TimeoutError:
             raise RequestTimedOut(self.too_slow) from None
         finally:
@@ -97,6 +120,7 @@ class ChatServing:
             gone.cancel()
             for job in jobs:
                 job.cancel()  # no-op for finished ones
+            slots.release()
 
     async def events(self, job: Job, chat: ChatRequest) -> AsyncIterator[str]:
         """OpenAI's chunks as server-sent events; Starlette cancels this when the client goes away."""

@@ -1,8 +1,9 @@
 """Every error the local server answers, in OpenAI's error shape, mapped in one place.
 
 - `BadRequest` (common.payloads: bad JSON, NaN, nesting, limits, the context; 401 without the
-  key, 404 for another model, 408/413 for a body): its own status; a body refused unread (408,
-  413) also closes the connection, so it is not read as the next request;
+  key, 404 for another model, 408/413/415 for a body): its own status; a body refused unread
+  closes the connection, so it is not read as the next request: after draining it (413, 415:
+  middleware/body.py's lingering close), or at once (408: it stopped arriving);
 - a route or method that does not exist: Starlette's 404 or 405;
 - `QueueFull`: 503 with Retry-After; `GenerationLoopDied`: 503 (nothing can be generated);
 - `RequestTimedOut`: 504 with `x-should-retry: false`, since a retry would redo the same long work;
@@ -22,6 +23,7 @@ from starlette.exceptions import HTTPException
 
 from common.payloads import BadRequest, error_body
 from deploy.serve.batching import GenerationFailed, GenerationLoopDied, QueueFull
+from deploy.serve.middleware.body import LingeringClose
 from deploy.serve.serving import RequestTimedOut
 
 log = logging.getLogger(__name__)
@@ -34,10 +36,14 @@ def error_response(
     return Response(json.dumps(error_body(message, type, param, code)), status, headers, "application/json")
 
 
-async def refused(_, e: BadRequest) -> Response:
-    # A body refused unread (413, 408) must not stay on the connection as the next request.
-    headers = {"connection": "close"} if e.status in (408, 413) else None
-    return error_response(e.status, str(e), e.code, e.param, headers=headers)
+async def refused(request: Request, e: BadRequest) -> Response:
+    response = error_response(e.status, str(e), e.code, e.param)
+    if e.status in (413, 415):  # refused before its body was read whole: drain it, then close
+        serving = request.app.state.serving
+        return LingeringClose(response, serving.limits.max_body_bytes, serving.settings.body_timeout_s)
+    if e.status == 408:  # a body that stopped arriving must not stay on the connection as the next request
+        response.headers["connection"] = "close"
+    return response
 
 
 async def no_such_route(request: Request, e: HTTPException) -> Response:  # 404 and 405

@@ -9,7 +9,7 @@ of the built-in roles (learn.microsoft.com/azure/role-based-access-control/built
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, quote, urlparse
 
 import pytest
 from azure.ai.ml import MLClient
@@ -21,6 +21,7 @@ from tests.fake_arm import RESOURCE_GROUP, SUBSCRIPTION, ArmStandIn, FakeCredent
 
 IDENTITY = f"{RESOURCE_GROUP}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/phi-uai"
 PRINCIPAL = "ce2ce14e-85d7-4629-bdbc-454d0519d987"
+GROUP = "9d1a2b3c-0000-4e5f-8a9b-123456789abc"  # an Entra group the identity is a member of
 STORAGE = f"{RESOURCE_GROUP}/providers/Microsoft.Storage/storageAccounts/st"
 ROLES = {  # built-in role id -> (name, permissions)
     "7f951dda-4ed3-4680-a7ca-43fe172d538d": (
@@ -53,12 +54,12 @@ def role_definition_id(name: str) -> str:
     return f"/subscriptions/{SUBSCRIPTION}/providers/Microsoft.Authorization/roleDefinitions/{guid}"
 
 
-def assignment(role: str, scope: str, name: str) -> dict:
+def assignment(role: str, scope: str, name: str, principal: str = PRINCIPAL) -> dict:
     return {
         "properties": {
             "roleDefinitionId": role_definition_id(role),
-            "principalId": PRINCIPAL,
-            "principalType": "ServicePrincipal",
+            "principalId": principal,
+            "principalType": "Group" if principal == GROUP else "ServicePrincipal",
             "scope": scope,
         },
         "id": f"{scope}/providers/Microsoft.Authorization/roleAssignments/{name}",
@@ -71,12 +72,24 @@ def arm(first_page: list[dict], second_page: list[dict], assignments_status: int
     assignments = f"{RESOURCE_GROUP}/providers/Microsoft.Authorization/roleAssignments"
 
     def list_assignments(request):
+        """ARM's documented filters: `principalId eq '<id>'` lists the principal's own assignments,
+        `assignedTo('<id>')` also those of the groups it is a member of."""
         if assignments_status != 200:
             return assignments_status, {"error": {"code": "AuthorizationFailed", "message": "no read access"}}
-        if "$skipToken" in parse_qs(urlparse(request.url).query):
-            return {"value": second_page}
-        next_link = f"https://management.azure.com{assignments}?api-version=2022-04-01&$skipToken=page2"
-        return {"value": first_page, "nextLink": next_link}
+        query = parse_qs(urlparse(request.url).query)
+        (condition,) = query["$filter"]
+        principals = {PRINCIPAL, GROUP} if condition == f"assignedTo('{PRINCIPAL}')" else {PRINCIPAL}
+
+        def page(values):
+            return [a for a in values if a["properties"]["principalId"] in principals]
+
+        if "$skipToken" in query:
+            return {"value": page(second_page)}
+        next_link = (
+            f"https://management.azure.com{assignments}?api-version=2022-04-01"
+            f"&$filter={quote(condition)}&$skipToken=page2"
+        )
+        return {"value": page(first_page), "nextLink": next_link}
 
     routes = {
         ("GET", IDENTITY): {"id": IDENTITY, "name": "phi-uai", "properties": {"principalId": PRINCIPAL}},
@@ -120,10 +133,21 @@ def test_roles_found_across_pages_and_by_what_they_permit():
     first, second = stand_in.requests_to("/roleAssignments")
     assert parse_qs(urlparse(first.url).query) == {
         "api-version": ["2022-04-01"],
-        "$filter": [f"principalId eq '{PRINCIPAL}'"],
+        "$filter": [f"assignedTo('{PRINCIPAL}')"],
     }
     assert "$skipToken=page2" in second.url
     assert first.headers["Authorization"].startswith("Bearer ")
+
+
+def test_roles_granted_to_a_group_the_identity_is_in_count():
+    """Storage Blob Data Reader and AcrPull through an Entra group: `principalId eq` lists only the
+    identity's own assignments and reported them missing, which blocked a deploy that would work."""
+    stand_in = arm(
+        [assignment("Storage Blob Data Reader", STORAGE, "a1", principal=GROUP)],
+        [assignment("AcrPull", RESOURCE_GROUP, "a2", principal=GROUP)],
+    )
+    checked, _ = preflight(stand_in)
+    assert checked == "identity has AcrPull, Storage Blob Data Reader"
 
 
 def test_a_missing_role_stops_the_deploy_with_the_command_that_grants_it():

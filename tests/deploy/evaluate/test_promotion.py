@@ -50,3 +50,54 @@ def test_the_trained_model_is_promoted_and_the_two_step_model_refused(trained_pa
     assert float(v2.tags["eval.exact_match"]) < float(
         client.get_model_version(trained_pair.name, "1").tags["eval.exact_match"]
     )
+
+
+def test_successive_promotions_cannot_ratchet_quality_down(trained_pair):
+    """v1 (trained) is promoted; v2 (two steps) replaces it under a tolerance loose enough to let
+    it; v3, the same weights as v2, is as good as the holder v2 but far worse than v1 was: it is
+    refused against the best each metric has been among the promoted versions."""
+    store = [
+        f"tracking_uri={trained_pair.tracking_uri}",
+        f"output_root={trained_pair.output_root}",
+        "gate.alias=ratchet",
+        "eval.max_rows=40",
+    ]
+    client = MlflowClient(trained_pair.tracking_uri)
+    assert cli.run(compose_deploy("action=promote", "model.version=1", *store)).passed
+    loose = [
+        f"gate.tolerance.{m}=1.0" for m in ("exact_match", "token_f1", "rouge_l", "stop_rate", "empty_rate")
+    ]
+    assert cli.run(compose_deploy("action=promote", "model.version=2", *store, *loose)).passed
+    assert client.get_registered_model(trained_pair.name).aliases["ratchet"] == 2
+    v2 = client.get_model_version(trained_pair.name, "2")
+    v3 = client.create_model_version(trained_pair.name, v2.source, v2.run_id).version
+
+    refused = run_module("deploy", "action=promote", f"model.version={v3}", *store)
+    assert refused.returncode == 1, refused.stderr[-3000:]
+    assert "(best promoted)" in refused.stderr and "@ratchet stays on v2" in refused.stderr
+    against_holder, against_best = refused.stdout.split("against the best each metric has been")
+    assert not any("FAIL" in line for line in against_holder.splitlines() if line.startswith("exact_match"))
+    assert any(line.startswith("exact_match") and "FAIL" in line for line in against_best.splitlines())
+    assert client.get_registered_model(trained_pair.name).aliases["ratchet"] == 2
+
+
+def test_a_promotion_whose_holder_moved_meanwhile_is_refused(trained_pair, monkeypatch):
+    """Another promotion sets the alias while this one evaluates (here: as its first model is
+    evaluated): what was compared is no longer what would be replaced, so nothing changes."""
+    from deploy.evaluate import promote
+
+    client = MlflowClient(trained_pair.tracking_uri)
+    evaluate = promote.evaluate_model
+
+    def evaluate_while_another_promotion_lands(*args, **kwargs):
+        client.set_registered_model_alias(trained_pair.name, "raced", "2")
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(promote, "evaluate_model", evaluate_while_another_promotion_lands)
+    store = [f"tracking_uri={trained_pair.tracking_uri}", f"output_root={trained_pair.output_root}"]
+    cfg = compose_deploy("action=promote", "model.version=1", "gate.alias=raced", "eval.max_rows=10", *store)
+    with pytest.raises(
+        promote.PromotionRefused, match="@raced moved from no version to v2 while v1 was evaluated"
+    ):
+        cli.run(cfg)
+    assert client.get_registered_model(trained_pair.name).aliases["raced"] == 2

@@ -132,3 +132,31 @@ def test_scorer_generates_on_the_gpu_with_the_same_prompt(tracking):
             parity.PROBE_CONVERSATIONS[0], add_generation_prompt=True, return_dict=True
         )["input_ids"]
     )
+
+
+def test_a_training_run_that_cannot_be_read_stops_the_deploy_instead_of_skipping_parity(tmp_path, tiny_cache):
+    """An auth or network failure reading the training run once became "no training artifacts:
+    skipped" and the deploy went on. Here the run's artifacts live on a server that does not
+    answer (MLflow 3 keeps the model's own files apart, under its logged model, so it still loads)."""
+    import sqlite3
+
+    from deploy.serve.background import free_port
+    from tests.conftest import run_module
+    from train.tiny_model import ensure_tiny_phi3
+
+    registered = log_model(tmp_path, ensure_tiny_phi3(), name="tiny-unreadable-run")
+    unreachable = f"http://127.0.0.1:{free_port()}/api/2.0/mlflow-artifacts/artifacts"
+    with sqlite3.connect(registered.tracking_uri.removeprefix("sqlite:///")) as db:
+        db.execute("UPDATE runs SET artifact_uri = ? WHERE run_uuid = ?", (unreachable, registered.run_id))
+    args = (
+        "target=local",
+        "model.name=tiny-unreadable-run",
+        "model.version=1",
+        f"tracking_uri={registered.tracking_uri}",
+    )
+    env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_TRACKING_URI": registered.tracking_uri}
+    refused = run_module("deploy", *args, f"port={free_port()}", env=env)
+    assert refused.returncode == 1, refused.stdout[-2000:] + refused.stderr[-2000:]
+    assert "tokenizer artifacts could not be read" in refused.stderr
+    assert unreachable.split("/api")[0].removeprefix("http://") in refused.stderr  # the cause, named
+    assert "parity.check=false" in refused.stderr and "serving" not in refused.stdout

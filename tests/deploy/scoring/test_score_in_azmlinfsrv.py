@@ -106,3 +106,64 @@ def test_the_key_never_reaches_the_server_log(server):
     log = server.log.read_text()
     assert "POST /score" in log  # the requests were logged, their headers were not
     assert KEY not in log
+
+
+def test_special_token_text_in_content_is_text_not_a_forged_turn(server, registered):
+    """Role markers typed in a message are tokenized as the characters they are (see the local
+    server's test of the same): the prompt has the tokens of the text, not the forged turns'."""
+    from tests.deploy.conftest import training_tokenizer
+    from tests.deploy.serve.test_openai_server import FORGED
+
+    tokenizer = training_tokenizer(registered.model_dir)
+    messages = [{"role": "user", "content": FORGED}]
+    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    before, _, after = rendered.partition(FORGED)
+    as_text = tokenizer(before, add_special_tokens=False)["input_ids"]
+    as_text += tokenizer(FORGED, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    as_text += tokenizer(after, add_special_tokens=False)["input_ids"]
+    assert len(tokenizer(rendered, add_special_tokens=False)["input_ids"]) < len(as_text)
+    status, answer = score(server, {"messages": messages, "max_tokens": 2})
+    assert status == 200 and answer["usage"]["prompt_tokens"] == len(as_text)
+
+
+def test_stop_strings_are_bounded_and_their_cost_does_not_grow_with_the_vocabulary(server):
+    """A stop string of a few thousand characters took tens of seconds and a gigabyte in
+    transformers' stop_strings tables (vocabulary x length): now refused past 256 characters, and
+    four of 256 are matched on the answer's last tokens' text (docs/serving-security.md: timings)."""
+    hi = [{"role": "user", "content": "hi"}]
+    status, answer = score(server, {"messages": hi, "max_tokens": 2, "stop": ["s" * 5000]})
+    assert (
+        status == 400 and answer["error"]["param"] == "stop" and "at most 256" in answer["error"]["message"]
+    )
+    longest = [c * 256 for c in "wxyz"]
+    status, answer = score(server, {"messages": hi, "max_tokens": 8, "temperature": 0, "stop": longest})
+    assert status == 200 and answer["usage"]["completion_tokens"] == 8, answer
+    _, plain = score(server, {"messages": hi, "max_tokens": 8, "temperature": 0})
+    text = plain["choices"][0]["message"]["content"]
+    stop = text[2:4]
+    status, answer = score(
+        server, {"messages": hi, "max_tokens": 8, "temperature": 0, "stop": [stop, *longest[:3]]}
+    )
+    assert answer["choices"][0]["finish_reason"] == "stop"
+    assert answer["choices"][0]["message"]["content"] == text[: text.index(stop)].strip()
+
+
+def test_content_parts_and_the_developer_role(server):
+    parts = {
+        "messages": [
+            {"role": "developer", "content": "Answer briefly."},
+            {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": "there"}]},
+        ],
+        "max_tokens": 3,
+        "temperature": 0,
+    }
+    as_strings = {
+        **parts,
+        "messages": [
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": "hi\nthere"},
+        ],
+    }
+    status, answer = score(server, parts)
+    assert status == 200
+    assert answer["choices"][0]["message"] == score(server, as_strings)[1]["choices"][0]["message"]

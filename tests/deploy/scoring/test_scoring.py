@@ -95,7 +95,11 @@ def test_the_openai_route_takes_openais_defaults_and_names():
         ({"messages": MESSAGES, "max_tokens": 3, "max_new_tokens": 4}, "disagree"),
         ({"messages": MESSAGES, "do_sample": True}, "needs a temperature > 0"),
         ({"messages": MESSAGES, "top_p": 0}, r"top_p must be a number in \(0, 1\]"),
-        ({"messages": MESSAGES, "temperature": 3}, r"temperature must be a number in \[0, 2\]"),
+        (
+            {"messages": MESSAGES, "temperature": 3},
+            r"temperature must be 0 \(greedy\) or a number in \[0.01, 2\]",
+        ),
+        ({"messages": MESSAGES, "temperature": 1e-300}, r"temperature must be 0 \(greedy\)"),
         ({"messages": MESSAGES, "stop": ["a", "b", "c", "d", "e"]}, "at most 4"),
         ({"messages": MESSAGES, "stream": True}, "stream=false"),
         ({"messages": MESSAGES, "input_data": ["x"]}, "not both"),

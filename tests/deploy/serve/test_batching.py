@@ -11,7 +11,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from common.generation import Generator
-from deploy.serve.batching import BatchedGenerator, QueueFull
+from deploy.serve.batching import BatchedGenerator, GenerationFailed, QueueFull
 from tests.deploy.conftest import training_tokenizer
 
 PROMPTS = [[{"role": "user", "content": f"Question {i}: " + "more words " * i}] for i in range(8)]
@@ -149,3 +149,23 @@ def test_health_reports_a_generation_step_that_runs_past_the_timeout(generator):
     assert reason.startswith("a generation step has run for more than the request timeout (0.05 s)")
     assert answer == generator.answer(PROMPTS[0], GREEDY, [])
     assert after is None
+
+
+def test_a_generation_loop_that_dies_fails_its_requests_and_is_started_again(generator):
+    """A request that gets past validation and still breaks a step (here a temperature the server
+    refuses, handed to the engine directly: it overflows sampling and torch.multinomial raises)
+    fails with the step's error; the loop is started again, health says ready and the next
+    requests are answered as before."""
+    poisoned = {"max_new_tokens": 4, "do_sample": True, "temperature": 1e-300, "top_p": 1.0}
+
+    async def scenario(engine):
+        ids = generator.prompt_ids(PROMPTS[0])
+        with pytest.raises(GenerationFailed, match="probability tensor"):
+            await engine.submit(ids, poisoned, []).result()
+        ready = engine.not_ready_reason(request_timeout_s=60)
+        answers = await asyncio.gather(*(engine.submit(ids, GREEDY, []).result() for _ in range(3)))
+        return ready, answers, engine.restarts, engine.reserved
+
+    ready, answers, restarts, reserved = run_engine(generator, scenario)
+    assert ready is None and restarts == 1 and reserved == 0
+    assert answers == [generator.answer(PROMPTS[0], GREEDY, [])] * 3
