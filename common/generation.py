@@ -1,7 +1,8 @@
 """Rendering a chat and generating its answer, once for serving and for evaluation.
 
 The scoring script (deploy/scoring/score.py), training's held-out evaluation
-(train/evaluate.py) and the parity check all render prompts with `prompt_ids` and generate
+(train/evaluate.py) and the parity check all render prompts with `prompt_ids` (common.rendering,
+the renderer data preparation cuts the training ids from) and generate
 with `Generator`, so what evaluation measures is what the endpoint serves: the same template
 call, the same stop ids, the same decoding and the same finish reasons.
 """
@@ -13,6 +14,7 @@ from functools import cached_property
 from typing import Any
 
 from common.payloads import RequestLimits, check_context
+from common.rendering import prompt_ids
 
 SENTINEL_REPLY = "Sentinel reply 7"
 
@@ -50,11 +52,6 @@ def split_for_generation(messages: list[dict]) -> tuple[list[dict], str] | None:
         if messages[i]["role"] == "assistant":
             return messages[:i], messages[i]["content"]
     return None
-
-
-def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """Token ids of the prompt a model answers: the chat template with the generation prompt."""
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
 
 
 def longest_token_chars(tokenizer) -> int:

@@ -139,9 +139,6 @@ class ModelConfig:
     # vocabulary, else added only into a spare embedding row; without one, the unk token or a
     # reserved token is reused (train.model.choose_pad_token). A stop token here is refused.
     pad_token: str = "<|pad|>"
-    # Insert an empty system turn when a conversation has none (the seed recipe's
-    # behaviour; Phi-3's template then renders nothing for it).
-    add_empty_system_turn: bool = True
     # null: the tokenizer's own chat template. Else a .jinja file, or the name of a template TRL
     # ships (trl/chat_templates/: phi3, phi3_5, qwen2_5, llama3, ...; *_training ones carry the
     # {% generation %} markers). It is trained with, logged and served.

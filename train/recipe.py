@@ -17,8 +17,8 @@
 Features and the keys that control them:
 - model: hub id or local directory (`model.name_or_path`), attention (`model.attn_implementation`:
   auto = one attention per packed conversation on CUDA, sdpa on a CPU), dtype, a dedicated pad token.
-- data: ultrachat-style `messages` from local files or the hub (`data=...`), with an empty
-  system turn added where missing (`model.add_empty_system_turn`).
+- data: ultrachat-style `messages` from local files or the hub (`data=...`), rendered as given by
+  `common.rendering`, the renderer the servers use (a template's default system prompt included).
 - adapters: `peft=none|lora|qlora|dora` and `peft.<field>`; QLoRA refuses to start
   without CUDA before loading anything; `logger.peft_save=merged|adapter`.
 - training: every TRL `SFTConfig` field as `sft.<field>` (packing, assistant_only_loss,
@@ -304,7 +304,8 @@ def _log_settings(cfg: DictConfig, setup: Setup, continued: bool) -> None:
     else:
         mlflow.log_params(tracking.flatten_params(cfg, sft_defaults()))
         mlflow.log_text(resolved, "config/resolved.yaml")
-    tracking.log_tokenizer_artifacts(setup.tokenizer, setup.output_dir / "tokenizer_info")
+    rendered = tracking.rendered_rows(setup.prepared.dir)
+    tracking.log_tokenizer_artifacts(setup.tokenizer, setup.output_dir / "tokenizer_info", rendered)
     tracking.log_prepared_data(setup.prepared)
 
 
