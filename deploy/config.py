@@ -76,7 +76,7 @@ class ServerSettings:
     request_timeout_s: float = 120.0
     max_batch: int = 16
     max_queue: int = 64
-    kv_cache_tokens: int | None = None
+    kv_cache_mib: float | None = None
     torch_threads: int | None = 1
     shutdown_timeout_s: float = 5.0
 

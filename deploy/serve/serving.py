@@ -70,6 +70,8 @@ class ChatServing:
         prompts = await run_in_threadpool(
             lambda: [generator.checked_prompt_ids(c, max_new_tokens) for c in chat.conversations]
         )
+        for prompt in prompts:
+            self.engine.check_fits(len(prompt), max_new_tokens)
         jobs: list[Job] = []
         try:
             for prompt in prompts:
