@@ -207,6 +207,8 @@ class EvalConfig:
     # the last assistant turn is logged, and the answers as an MLflow table. 0 disables.
     generate_samples: int = 0
     max_new_tokens: int = 32
+    # CPU: torch threads while generating (null: torch's default); see conf/eval/default.yaml.
+    torch_threads: int | None = 1
 
 
 @dataclass

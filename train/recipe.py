@@ -166,7 +166,12 @@ def answer_held_out(cfg: DictConfig, setup: Setup, when: str) -> tuple[dict[str,
         return {}, []
     log.info("answering %d held-out prompts %s training", n, when)
     scores, answers = evaluate.exact_match_eval(
-        setup.trainer.model, setup.tokenizer, setup.splits["test"]["messages"], n, cfg.eval.max_new_tokens
+        setup.trainer.model,
+        setup.tokenizer,
+        setup.splits["test"]["messages"],
+        n,
+        cfg.eval.max_new_tokens,
+        cfg.eval.torch_threads,
     )
     return {f"{name}_{when}": value for name, value in scores.items()}, answers
 
