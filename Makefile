@@ -4,6 +4,9 @@ SHELL := /bin/bash
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# The Agent Framework front end's own environment (agent/): no torch, no promptflow.
+AGENT_VENV ?= .venv-agent
+AGENT_PY := $(AGENT_VENV)/bin/python
 UV_VERSION := 0.13.9
 # CPU machines here keep a local torch wheel in PIP_FIND_LINKS (/opt/wheels); elsewhere
 # the same version comes from PyPI (the CUDA build on Linux).
@@ -24,13 +27,35 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(VENV)/bin/uv pip check --python $(PY)
 	@touch $@
 
+agent-setup: $(AGENT_VENV)/.installed ## create .venv-agent for the Agent Framework front end (agent/constraints.txt; no torch)
+
+$(AGENT_VENV)/.installed: agent/requirements.txt agent/constraints.txt
+	@test -x $(AGENT_PY) || python3 -m venv $(AGENT_VENV)
+	$(AGENT_PY) -m pip install -q uv==$(UV_VERSION)
+	$(AGENT_VENV)/bin/uv pip install --compile-bytecode --python $(AGENT_PY) -c agent/constraints.txt -r agent/requirements.txt
+	$(AGENT_VENV)/bin/uv pip check --python $(AGENT_PY)
+	@# Only agent/ and common/ of the checkout on its path (links), without installing the
+	@# project, whose dependencies (torch, promptflow) this environment must not hold.
+	@mkdir -p $(AGENT_VENV)/checkout && ln -sfn $(CURDIR)/agent $(CURDIR)/common $(AGENT_VENV)/checkout/
+	@echo "$(abspath $(AGENT_VENV))/checkout" > "$$($(AGENT_PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/finetune_phi_checkout.pth"
+	@touch $@
+
+agent-constraints: ## re-resolve agent/constraints.txt after changing agent/requirements.txt
+	@test -x $(VENV)/bin/uv || { python3 -m venv $(VENV) && $(PY) -m pip install -q uv==$(UV_VERSION); }
+	@grep -v '^#' agent/constraints.txt > agent/constraints.new
+	$(VENV)/bin/uv pip compile agent/requirements.txt --python-version 3.11 --no-header --no-annotate \
+		-o agent/constraints.new $(UPGRADE)
+	@# Through a temporary file: `> agent/constraints.txt` would empty it before sed reads its header.
+	@{ sed -n '/^#/p' agent/constraints.txt; grep -v '^#' agent/constraints.new; } > agent/constraints.tmp
+	@mv agent/constraints.tmp agent/constraints.txt && rm agent/constraints.new
+
 demo: setup ## fine-tune the tiny offline model on the bundled data and register it in MLflow
 	$(PY) -m train
 
-e2e: setup ## train + register the tiny model, serve it locally, ask the chat flow a question, stop
+e2e: setup agent-setup ## train + register the tiny model, serve it, ask Prompt flow and Agent Framework the same questions, compare
 	$(PY) -m e2e
 
-test: setup ## run every test that can run here (GPU tests are skipped without CUDA)
+test: setup agent-setup ## run every test that can run here (GPU tests are skipped without CUDA)
 	$(PY) -m pytest
 
 lint: setup ## ruff: lint and format check
@@ -49,8 +74,9 @@ constraints: ## re-resolve constraints.txt after changing pyproject.toml (UPGRAD
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev $(FIND_LINKS) --python-version 3.11 \
 		--no-header --no-annotate -o constraints.new $(UPGRADE)
 	@{ sed -n '/^#/p' constraints.txt; grep -v '^#' constraints.new | grep -vE '^(cuda-|nvidia-|triton==)' \
-		| sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.txt
-	@rm constraints.new
+		| sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.tmp
+	@# Through a temporary file: `> constraints.txt` would empty it before sed reads its header.
+	@mv constraints.tmp constraints.txt && rm constraints.new
 
 gpu-kit: ## download the wheels bench-gpu installs on a bare CUDA box into .whl/ (bench/gpu_kit.txt, ~20 MiB)
 	bash bench/gpu_kit.sh
@@ -61,4 +87,4 @@ bench-gpu: ## on a CUDA box with .whl/: install it offline, run the Phi-3-mini/3
 clean-outputs: ## delete local runs and the local MLflow store (asks first)
 	@read -p "Delete ./outputs (all local runs and registered models)? [y/N] " a && [ "$$a" = y ] && rm -rf outputs
 
-.PHONY: help setup demo e2e test lint format constraints gpu-kit bench-gpu clean-outputs
+.PHONY: help setup agent-setup agent-constraints demo e2e test lint format constraints gpu-kit bench-gpu clean-outputs

@@ -1,9 +1,11 @@
-"""The whole local path in one command (`make e2e`): train, register, serve, connect, ask.
+"""The whole local path in one command (`make e2e`): train, register, serve, connect, ask both
+front ends (Prompt flow's and Microsoft Agent Framework's) and compare their answers.
 
-python -m e2e                                   # the embedded default, one question
-python -m e2e --question "What is the first word of: amber river"
+python -m e2e                                   # the embedded default, three questions
+python -m e2e --question "What is the first word of: amber river" --question "Repeat it"
 python -m e2e --train-override eval.generate_samples=8   # replaces the default overrides
 python -m e2e --model-uri models:/tiny-phi3-sft/1        # skip training: serve, connect, ask
+python -m e2e --model-uri models:/smollm2/1 --serve-override target.server.kv_cache_mib=720  # a real model
 
 It sits above the layers it drives (train, deploy, flow), as bench/ does, so it is the one
 place that imports all three.
@@ -16,7 +18,10 @@ place that imports all three.
 3. `flow.connect` stores the endpoint and key as the flows' CustomConnection, in a
    promptflow home of this run's own (outputs/e2e/<time>/promptflow), so a developer's
    connection of the same name (say, to an Azure endpoint) is never overwritten.
-4. The chat flow answers a question through promptflow's runner; the server is then stopped.
+4. The same questions go to both front ends (e2e/front_ends.py): the standard and chat flows
+   through promptflow's runner, and `python -m agent` (ask over /v1 and /score, the chat with
+   its history over its HTTP front end) in .venv-agent. Greedy answers must be equal: a
+   mismatch fails the run (exit 1). The server is then stopped.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from common.paths import PROJECT_ROOT
 
 FLOW_DIR = PROJECT_ROOT / "flow"
 DEFAULT_QUESTION = "How many words are in: glacier lantern"  # held out (answer: two)
+# Asked in turn, as one conversation to the chat front ends and one by one to the standard ones.
+DEFAULT_QUESTIONS = (DEFAULT_QUESTION, "What is the first word of: amber river", "Repeat the last word.")
 # Cheap settings for a demo of the path: the same 2 epochs as `make demo` (1 epoch scores 0%
 # held-out exact match), minus the held-out generation before/after training, the per-epoch
 # eval (the final one still runs) and checkpoints.
@@ -114,14 +121,25 @@ def connection_config(port: int):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(FLOW_DIR / "conf"), version_base="1.3"):
         return compose(
-            "connect", overrides=["target=local", f"target.port={port}", f"target.key_env={KEY_ENV}"]
+            "connect",
+            # timeout_s: as the agent side's (e2e/front_ends.py), for a real model on a busy CPU
+            overrides=["target=local", f"target.port={port}", f"target.key_env={KEY_ENV}", "timeout_s=600"],
         )
 
 
-def run_e2e(question: str, train_overrides: list[str], out_dir: Path, model_uri: str | None = None) -> dict:
-    """Train, serve, connect and ask; returns the answer and the seconds each step took.
-    With `model_uri` (a registered model) the training step is skipped."""
+def run_e2e(
+    questions: list[str],
+    train_overrides: list[str],
+    out_dir: Path,
+    model_uri: str | None = None,
+    serve_overrides: tuple[str, ...] = (),
+) -> dict:
+    """Train, serve, connect and ask both front ends; returns their answers and the seconds each
+    step took. With `model_uri` (a registered model) the training step is skipped."""
     from deploy.serve.background import free_port, serve_in_background
+    from e2e.front_ends import agent_python, compare_front_ends
+
+    agent_python()  # fail before training when the Agent Framework environment is missing
 
     isolate_promptflow_home(out_dir / "promptflow")
     seconds: dict[str, float] = {}
@@ -142,7 +160,10 @@ def run_e2e(question: str, train_overrides: list[str], out_dir: Path, model_uri:
     server_env = {"MLFLOW_TRACKING_URI": tracking_uri, KEY_ENV: key}
     mark = time.perf_counter()
     print(f"serving {model_uri} on 127.0.0.1:{port} ...", flush=True)
-    with serve_in_background(model_uri, port=port, env=server_env):
+    log_path = out_dir / "server.log"  # kept: the first place to look when an answer fails
+    with serve_in_background(
+        model_uri, port=port, env=server_env, overrides=tuple(serve_overrides), log_path=log_path
+    ) as base_url:
         seconds["serve"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
@@ -153,10 +174,8 @@ def run_e2e(question: str, train_overrides: list[str], out_dir: Path, model_uri:
         seconds["connect"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
-        from promptflow.client import PFClient
-
-        answer = PFClient().test(flow=FLOW_DIR / "chat", inputs={"question": question})["answer"]
-        seconds["chat flow"] = time.perf_counter() - mark
+        answers = compare_front_ends(questions, base_url, key, FLOW_DIR, out_dir)
+        seconds["both front ends"] = time.perf_counter() - mark
     seconds["total"] = time.perf_counter() - started
 
     # The key should be in promptflow's encrypted store only: check every file it could leak to.
@@ -165,8 +184,8 @@ def run_e2e(question: str, train_overrides: list[str], out_dir: Path, model_uri:
     if leaks:
         raise RuntimeError(f"the endpoint key was written to {leaks}")
     return {
-        "question": question,
-        "answer": answer,
+        "questions": questions,
+        **answers,
         "model": model_uri,
         "key_scan": f"found in none of {scanned} files (repo, run dir, promptflow home, MLflow store)",
         "seconds": seconds,
@@ -175,7 +194,12 @@ def run_e2e(question: str, train_overrides: list[str], out_dir: Path, model_uri:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--question", default=DEFAULT_QUESTION)
+    parser.add_argument(
+        "--question",
+        action="append",
+        default=None,
+        help="a question (repeatable, asked in turn); default: " + " | ".join(DEFAULT_QUESTIONS),
+    )
     parser.add_argument(
         "--train-override",
         action="append",
@@ -186,6 +210,13 @@ def main(argv: list[str] | None = None) -> dict:
         "--model-uri", default=None, help="serve this registered model instead of training one"
     )
     parser.add_argument(
+        "--serve-override",
+        action="append",
+        default=[],
+        help="a `python -m deploy target=local` override (repeatable), e.g. target.server.kv_cache_mib=720: "
+        "the KV cache's memory budget (default 1024 MiB on a CPU, docs/serving-memory.md)",
+    )
+    parser.add_argument(
         "--out-dir", type=Path, default=None, help="a new folder; default: outputs/e2e/<time>"
     )
     args = parser.parse_args(argv)
@@ -194,19 +225,34 @@ def main(argv: list[str] | None = None) -> dict:
     if out_dir.exists() and any(out_dir.iterdir()):
         parser.error(f"--out-dir {out_dir} is not empty; pick a new folder (runs are never overwritten)")
     overrides = list(DEFAULT_TRAIN_OVERRIDES if args.train_override is None else args.train_override)
-    result = run_e2e(args.question, overrides, out_dir, args.model_uri)
+    result = run_e2e(
+        args.question or list(DEFAULT_QUESTIONS), overrides, out_dir, args.model_uri, args.serve_override
+    )
     (out_dir / "e2e.json").write_text(json.dumps(result, indent=2))
     print(
         "\nEnd to end finished.",
         f"  model       {result['model']} (served on 127.0.0.1, stopped)",
-        f"  question    {result['question']}",
-        f"  chat flow   {result['answer']}",
+        *report_answers(result),
         f"  key         {result['key_scan']}",
         "  seconds     " + ", ".join(f"{step} {s:.1f}" for step, s in result["seconds"].items()),
         f"  outputs     {out_dir}",
         sep="\n",
     )
+    if result["mismatches"]:
+        print("\nThe front ends disagree:", *result["mismatches"], sep="\n  ", file=sys.stderr)
+        sys.exit(1)
     return result
+
+
+def report_answers(result: dict) -> list[str]:
+    """Each question with Prompt flow's chat answer and how many Agent Framework answers equal theirs."""
+    agreeing = sum(len(answers) for answers in result["agent framework"].values()) - len(result["mismatches"])
+    lines = [
+        f"  question    {q}\n  chat flow   {a}"
+        for q, a in zip(result["questions"], result["prompt flow"]["chat"])
+    ]
+    total = sum(len(answers) for answers in result["agent framework"].values())
+    return [*lines, f"  agent       {agreeing} of {total} Agent Framework answers equal Prompt flow's"]
 
 
 if __name__ == "__main__":

@@ -113,10 +113,10 @@ def compose_train():
     GlobalHydra.instance().clear()
 
 
-def register_tiny_model(root: Path, name: str) -> str:
-    """The untrained tiny model logged and registered through the recipe's `log_chat_model`, in a
-    sqlite store under `root` (for tests of what uses a registered model: serving, flows, benchmarks).
-    Returns the tracking URI; the model is `models:/<name>/1`."""
+def register_tiny_model(root: Path, name: str, model_dir: str | None = None) -> str:
+    """The untrained tiny model (or the model in `model_dir`) logged and registered through the
+    recipe's `log_chat_model`, in a sqlite store under `root` (for tests of what uses a registered
+    model: serving, flows, benchmarks). Returns the tracking URI; the model is `models:/<name>/1`."""
     import mlflow
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -126,7 +126,7 @@ def register_tiny_model(root: Path, name: str) -> str:
     uri = f"sqlite:///{root}/mlflow.db"
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.create_experiment(name, artifact_location=(root / "artifacts").as_uri())
-    path = ensure_tiny_phi3()
+    path = model_dir or ensure_tiny_phi3()
     with mlflow.start_run(experiment_id=experiment):
         log_chat_model(
             AutoModelForCausalLM.from_pretrained(path),

@@ -1,6 +1,7 @@
 """The architecture as a test: train, deploy and flow never import each other; they meet only
 through the MLflow model, the configs and the neutral `common` package, which imports none of
-them. bench/ and e2e/ sit on top and may import anything. Inside deploy/, each room (a
+them. agent/ (the Agent Framework front end, in an environment of its own) imports only common.
+bench/ and e2e/ sit on top and may import anything. Inside deploy/, each room (a
 subpackage) keeps to what its `__init__` docstring says it may import, and no function in
 deploy/ reaches 80 lines."""
 
@@ -14,12 +15,14 @@ import pytest
 
 from common.paths import PROJECT_ROOT
 
-LAYERS = ("common", "train", "deploy", "flow", "bench", "e2e")
+LAYERS = ("common", "train", "deploy", "flow", "agent", "bench", "e2e")
 NEVER = {
-    "common": {"train", "deploy", "flow", "bench", "e2e"},
-    "train": {"deploy", "flow", "bench", "e2e"},
-    "deploy": {"train", "flow", "bench", "e2e"},
-    "flow": {"train", "deploy", "bench", "e2e"},
+    "common": {"train", "deploy", "flow", "agent", "bench", "e2e"},
+    "train": {"deploy", "flow", "agent", "bench", "e2e"},
+    "deploy": {"train", "flow", "agent", "bench", "e2e"},
+    "flow": {"train", "deploy", "agent", "bench", "e2e"},
+    # .venv-agent holds agent/ and common/ only (no torch, no promptflow): nothing else would import
+    "agent": {"train", "deploy", "flow", "bench", "e2e"},
 }
 # deploy's rooms -> the rooms they never import. The Azure deployment runs the scoring script, not
 # the local server; evaluation and the registry serve both sides; deploy/scoring/ imports only

@@ -190,6 +190,9 @@ class DataConfig:
     # Put a leading system message's text in front of the first user message (a blank line
     # apart): for chat templates without a system role, which would otherwise drop it (an error).
     merge_system_into_first_user: bool = False
+    # A conversation with more messages is a bad row (named by file and line; on_error decides):
+    # thousands of turns in one row is almost always rows joined by mistake. null: no cap.
+    max_turns: Optional[int] = 1000  # noqa: UP045 - OmegaConf needs Optional
     # Conversations longer than max_length tokens: truncate (keep the whole turns that fit)
     # or drop. Both are counted in stats.json and listed in rejects.jsonl when dropped.
     max_length: Optional[int] = "${sft.max_length}"  # noqa: UP045 - OmegaConf needs Optional
@@ -228,6 +231,12 @@ class AzureComputeConfig:
     location: str | None = None  # null: the workspace's region
     # null | system_assigned | a user-assigned identity's resource id (what the nodes run as).
     identity: str | None = None
+    # The node's memory in GiB (the SKU's published RAM): sizes the job's /dev/shm.
+    memory_gib: float | None = None
+    # The job container's shared memory (Docker's shm_size: <number><b|k|m|g>). null: half of
+    # memory_gib. Azure's default is 2g, which DataLoader workers and NCCL exhaust on multi-GPU
+    # nodes; tmpfs takes memory only as it is written.
+    shm_size: str | None = None
 
 
 @dataclass

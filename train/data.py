@@ -25,7 +25,7 @@ from train.prepare import ChatTokenizer, DataError, Source, prepare
 log = logging.getLogger(__name__)
 
 # Bump when the prepared files' layout or content rules change: old cache entries then miss.
-PREPARE_VERSION = 2  # 2: long messages clipped before tokenizing; turns and ends of turn checked
+PREPARE_VERSION = 3  # 3: special-token text refused, copies split together, max_turns
 MANIFEST = "manifest.json"  # written last: a folder without it is incomplete
 MARKER = ".finetune-phi-prepared"  # written first: this folder holds a preparation and nothing else
 MARKER_TEXT = "prepared by finetune-phi (train.prepare); safe to delete\n"
@@ -100,6 +100,7 @@ def prepare_for(cfg: DictConfig, tokenizer=None) -> PreparedData:
         "on_error": data_cfg.on_error,
         "dedupe": data_cfg.dedupe,
         "merge_system_into_first_user": data_cfg.merge_system_into_first_user,
+        "max_turns": data_cfg.max_turns,
         "test_size": None if opened_eval else data_cfg.test_size,
         "seed": cfg.seed,
         "tokenizer": chat_tokenizer.fingerprint() if chat_tokenizer else None,
@@ -133,6 +134,7 @@ def prepare_for(cfg: DictConfig, tokenizer=None) -> PreparedData:
         seed=cfg.seed,
         dedupe=data_cfg.dedupe,
         merge_system_into_first_user=data_cfg.merge_system_into_first_user,
+        max_turns=data_cfg.max_turns,
         tokenizer=chat_tokenizer,
         max_length=data_cfg.max_length,
         length_policy=data_cfg.length_policy,

@@ -93,6 +93,40 @@ def check_sharding(trainer) -> None:
             )
 
 
+def sharded_model_check():
+    """A TrainerCallback that, when training begins (after accelerate has prepared the model), stops
+    unless a run with FSDP2 holds an FSDPModule: the proof that the weights are sharded, not only
+    that FSDP was configured. It logs what it found on every rank."""
+    import logging
+
+    from torch.distributed.fsdp import FSDPModule
+    from transformers import TrainerCallback
+
+    log = logging.getLogger(__name__)
+
+    class ShardedModelCheck(TrainerCallback):
+        def __init__(self, trainer):
+            self.trainer = trainer
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            trainer = self.trainer
+            if not trainer.is_fsdp_enabled or trainer.accelerator.state.fsdp_plugin.fsdp_version != 2:
+                return
+            if not isinstance(trainer.model_wrapped, FSDPModule):
+                raise LaunchError(
+                    f"FSDP2 is enabled but the model being trained is a {type(trainer.model_wrapped).__name__}, "
+                    "not an FSDPModule: its weights are not sharded"
+                )
+            log.info(
+                "FSDP2: rank %d trains %s, an FSDPModule sharded over %d processes",
+                rank(),
+                type(trainer.model_wrapped).__name__,
+                args.world_size,
+            )
+
+    return ShardedModelCheck
+
+
 def _env_true(name: str) -> bool:
     return os.environ.get(name, "false").lower() in ("true", "1")
 

@@ -101,6 +101,7 @@ class Setup:
 def set_up(cfg: DictConfig) -> Setup:
     """Everything before the first step; what can fail without a download fails first."""
     model.check_peft_hardware(cfg.peft)  # before anything is written or loaded
+    tracking.check_run_limits(cfg, sft_defaults(), _recipe_tags(cfg))  # before anything is logged
     gguf_model.resolve_gguf(cfg.model)  # model.gguf_file: converted once into a model directory
     set_seed(cfg.seed)
     output_dir = Path(cfg.paths.output_dir)
@@ -123,6 +124,7 @@ def set_up(cfg: DictConfig) -> Setup:
         callbacks=[tracking.MetricsOnlyMLflowCallback(), checkpoint.ResumeGuard(resume_from)],
     )
     launch.check_sharding(trainer)  # FSDP/DeepSpeed asked for but not active: stop, train nothing else
+    trainer.add_callback(launch.sharded_model_check()(trainer))  # and FSDP2 that did not shard: stop
     stop_on_signal = checkpoint.StopOnSignal(trainer.accelerator)
     trainer.add_callback(stop_on_signal)
     return Setup(
@@ -257,6 +259,11 @@ def sft_defaults() -> dict:
     return OmegaConf.to_container(OmegaConf.structured(sft_schema()), enum_to_str=True)
 
 
+def _recipe_tags(cfg: DictConfig) -> dict[str, str]:
+    """The run's own tags (besides world_size), checked against Azure ML's limits in `set_up`."""
+    return {"profile": str(cfg.get("profile")), "hydra.overrides": _overrides(), "run_id": cfg.run_id}
+
+
 def _overrides() -> str:
     """The command line's overrides; empty when composed outside a Hydra app (notebooks)."""
     return " ".join(HydraConfig.get().overrides.task) if HydraConfig.initialized() else ""
@@ -295,13 +302,7 @@ def _mlflow_run(cfg: DictConfig, output_dir: Path, resume_from: Path | None):
 def _log_settings(cfg: DictConfig, setup: Setup, continued: bool) -> None:
     """Tags, params (once per MLflow run), the resolved config, the chat template, the data's stats."""
     mlflow.set_tags(
-        {
-            "profile": str(cfg.get("profile")),
-            "hydra.overrides": _overrides(),
-            "run_id": cfg.run_id,
-            "world_size": str(setup.trainer.args.world_size),
-            **cfg.logger.tags,
-        }
+        {**_recipe_tags(cfg), "world_size": str(setup.trainer.args.world_size), **cfg.logger.tags}
     )
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     if setup.resume_from is not None:

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers.integrations import MLflowCallback
 
 from common.rendering import fixed_inputs
+from train.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,32 @@ RESERVED_TAGS = 20
 MODEL_ARTIFACT_PATH = "model"  # the run's model/ folder: azureml://jobs/<job>/outputs/artifacts/paths/model/
 
 
-class TrackingLimitError(ValueError):
-    """What the run would log exceeds a limit of Azure ML's tracking server; says which and what to do."""
+class TrackingLimitError(ConfigError):
+    """What the run would log exceeds a limit of Azure ML's tracking server; says which and what to do
+    (a ConfigError: `python -m train` ends with one line and exit status 2)."""
+
+
+# What `log_prepared_data` logs, as data_<count> and data_tokens_<stat>.
+DATA_COUNTS = (
+    "rows_read",
+    "rejected",
+    "duplicates_removed",
+    "dropped_too_long",
+    "truncated_turns",
+    "train",
+    "test",
+)
+TOKEN_STATS = ("train", "test", "train_trained", "p50", "p95", "max")
+# What transformers' Trainer and TRL's SFTTrainer log: per step, per evaluation and at the end of
+# train() (the recipe logs train()'s and evaluate()'s results once more, under the same names).
+TRAINER_METRICS = (
+    *("loss", "grad_norm", "learning_rate", "epoch", "entropy", "num_tokens", "mean_token_accuracy"),
+    *("eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second"),
+    *("eval_entropy", "eval_num_tokens", "eval_mean_token_accuracy"),
+    *("train_runtime", "train_samples_per_second", "train_steps_per_second", "train_tokens_per_second"),
+    *("total_flos", "train_loss", "num_input_tokens_seen"),
+)
+RECIPE_METRICS = ("train_wall_seconds", "train_loss_first", "train_loss_last")
 
 
 class MetricsOnlyMLflowCallback(MLflowCallback):
@@ -99,6 +124,40 @@ def check_logger_tags(logger_cfg) -> None:
                 f"{MAX_TAG_VALUE} (this key has {len(key)}, its value {len(str(value))}); log longer text "
                 "as an artifact"
             )
+
+
+def planned_metric_names(cfg: DictConfig) -> set[str]:
+    """Every metric name a run of `cfg` logs, from the data's counts to the held-out answers after
+    training: counted against Azure ML's limit before the run starts."""
+    names = {f"data_{k}" for k in DATA_COUNTS} | {f"data_tokens_{k}" for k in TOKEN_STATS}
+    names |= set(TRAINER_METRICS) | set(RECIPE_METRICS)
+    if cfg.eval.generate_samples:
+        names |= {
+            f"{metric}_{when}" for metric in ("exact_match", "stop_rate") for when in ("before", "after")
+        }
+    return names
+
+
+def check_run_limits(cfg: DictConfig, sft_defaults: dict, recipe_tags: dict[str, str]) -> dict[str, str]:
+    """Everything the run will log against Azure ML's limits, before anything is logged: the params
+    (returned, flattened), the configured and the recipe's own tags (the command line's overrides
+    among them), and the metric names, those logged after training included."""
+    check_logger_tags(cfg.logger)
+    params = flatten_params(cfg, sft_defaults)
+    for key, value in recipe_tags.items():
+        if len(value) > MAX_TAG_VALUE:
+            raise TrackingLimitError(
+                f"the run's {key} tag would be {len(value)} characters, over Azure ML's {MAX_TAG_VALUE} per tag "
+                "value: move the long overrides into a config file (an experiment or profile overlay, "
+                "selected with +profile=NAME) so the command line stays short"
+            )
+    names = planned_metric_names(cfg)
+    if len(names) > MAX_METRIC_NAMES:
+        raise TrackingLimitError(
+            f"the run would log {len(names)} metric names, over Azure ML's limit of {MAX_METRIC_NAMES} per run: "
+            f"{sorted(names)}"
+        )
+    return params
 
 
 def start_experiment(logger_cfg, artifact_root: Path) -> str:

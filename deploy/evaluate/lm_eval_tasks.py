@@ -14,9 +14,10 @@ choice is the continuation `target_delimiter + choice` of the rendered context (
 of the context move into it); its tokens are those of encode(context + continuation) after
 encode(context)'s; its log-likelihood is the sum of their log-probabilities. `acc`: the gold
 choice has the highest log-likelihood; `acc_norm`: the highest per CHARACTER of the choice
-(not per token or byte). Ties go to the first choice, as numpy's argmax. Checked against
-lm-eval 0.4.13 (`lm_eval --model hf`): the same per-choice log-likelihoods to 4 decimals and the
-same acc/acc_norm on ARC- and HellaSwag-style tasks.
+(not per token or byte). Ties go to the first choice, as numpy's argmax. Tested against
+lm-eval 0.4.13 itself (`HFLM` over the same model and task files,
+tests/deploy/evaluate/test_lm_eval_tasks.py): per-choice log-likelihoods within 1e-4 and the
+same acc/acc_norm per document on ARC- and HellaSwag-style tasks.
 
 The metrics are `<task>_acc` and `<task>_acc_norm`; the gate holds them to `gate.tasks_tolerance`.
 """

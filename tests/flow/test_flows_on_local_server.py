@@ -154,3 +154,16 @@ def test_the_key_is_in_no_file(pf, served, server_url, mlflow_store, isolated_pr
     leaks, scanned = files_containing(KEY, roots)
     assert scanned > 50
     assert leaks == []
+
+
+def test_the_agent_framework_front_ends_answer_as_the_flows(pf, served, server_url, monkeypatch, tmp_path):
+    """Prompt flow's successor (agent/, run in .venv-agent as `make e2e` runs it): `ask` over /v1
+    and /score and the HTTP chat with its history give the flows' greedy answers, word for word."""
+    from e2e.front_ends import compare_front_ends
+
+    use(pf, served, "openai", monkeypatch)
+    questions = ["Repeat: amber river", "How many words are in it?"]
+    result = compare_front_ends(questions, server_url, KEY, FLOW_DIR, tmp_path)
+    assert result["mismatches"] == []
+    assert [len(answers) for answers in result["agent framework"].values()] == [2, 2, 2]
+    assert all(isinstance(answer, str) for answer in result["prompt flow"]["chat"])

@@ -165,6 +165,9 @@ class RecordingOperations:
         (["target.process_count_per_instance=2"], "process_count_per_instance=2 .* 1 GPU"),
         (["target.instance_count=2"], "instance_count=2 exceeds target.compute.max_instances=1"),
         (["model.name_or_path=/no/such/model"], "model.name_or_path=/no/such/model"),
+        (["target.compute.shm_size=lots"], r"shm_size='lots': give a number and a unit"),
+        (["target.compute.shm_size=300g"], r"shm_size=300g is more than the node's memory \(220 GiB"),
+        (["target.compute.memory_gib=null"], r"memory_gib is not set for Standard_NC24ads_A100_v4"),
     ],
 )
 def test_preflight_errors_name_the_key_before_any_call(client, monkeypatch, tmp_path, overrides, message):
@@ -316,6 +319,13 @@ def test_nodes_and_processes_map_to_pytorch_distribution(client, monkeypatch, tm
     assert rest.resources.instance_count == 2
     assert rest.distribution.distribution_type == "PyTorch"
     assert rest.distribution.process_count_per_instance == 4
+    assert rest.resources.shm_size == "110g"  # half the node's 220 GiB, not Azure's default 2g
+
+
+def test_shm_size_is_configurable_and_shows_in_the_dry_run_job(no_workspace_env, tmp_path):
+    cfg = azure_cfg(tmp_path, "target.dry_run=true", "+profile=cpu", "target.compute.shm_size=48g")
+    submit(cfg)
+    assert load_job(Path(cfg.paths.output_dir) / "azureml" / "job.yaml").resources.shm_size == "48g"
 
 
 # --- dry run: files for the SDK's loaders and `az ml ... create -f` --------------------
@@ -332,6 +342,7 @@ def test_dry_run_writes_yaml_the_sdk_loads_and_validates(dry_run, client):
     cfg, stage = dry_run
     loaded = load_job(stage / "job.yaml")
     assert loaded.compute == "gpu-nc24ads-a100-v4"
+    assert loaded.resources.shm_size == "110g"  # sized from the SKU's memory
     assert loaded.environment.startswith("finetune-phi-train:")
     for name in ("train_data", "test_data"):
         assert Path(loaded.inputs[name].path).is_file()  # local files, uploaded on submit

@@ -473,7 +473,13 @@ def test_dedupe_removes_and_counts_exact_duplicates(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", rows)
     stats = prepare(path, tmp_path / "out", eval_source=evals, dedupe=True)
     # Rows 4 and 5 repeat rows 1 and 3 once normalised, row 2 repeats an eval row, eval repeats itself.
-    assert (stats.rows_read, stats.duplicates_removed, stats.train, stats.test) == (8, 4, 2, 2)
+    assert (stats.rows_read, stats.duplicates, stats.duplicates_removed, stats.train, stats.test) == (
+        8,
+        4,
+        4,
+        2,
+        2,
+    )
     assert stats.rows_read == stats.kept + stats.rejected + stats.duplicates_removed
     assert [m[0]["content"] for m in written(tmp_path / "out")] == [
         "Question 0?",
@@ -481,8 +487,10 @@ def test_dedupe_removes_and_counts_exact_duplicates(tmp_path):
         "Question 1?",
         "Eval?",
     ]
+    # Without dedupe the copies stay, except a train row that repeats a held-out one.
     stats = prepare(path, tmp_path / "out", eval_source=evals)
-    assert (stats.duplicates_removed, stats.train, stats.test) == (0, 5, 3)
+    assert (stats.duplicates, stats.duplicates_removed, stats.train, stats.test) == (4, 1, 4, 3)
+    assert numbered(2)[1] not in read_jsonl(tmp_path / "out" / "train.jsonl")
     with pytest.raises(DataError, match="every row repeats an eval_source row"):
         prepare(evals, tmp_path / "out", eval_source=evals, dedupe=True)
 
@@ -502,11 +510,15 @@ def test_outputs_and_stats_file(tmp_path):
         "rows_read": 5,
         "kept": 4,
         "rejected": 1,
+        "duplicates": 0,
         "duplicates_removed": 0,
+        "special_token_text": 0,
+        "unreadable_links": [],
         "train": 3,
         "test": 1,
         "formats": {"messages": 4},
         "turns": 8,
+        "over_max_turns": 0,
         # No tokenizer given: no length policy and no token counts.
         "max_length": None,
         "length_policy": None,

@@ -55,6 +55,7 @@ def test_mlflow_run_has_params_metrics_and_artifacts(trained):
     assert 10 < len(logged.params) <= 200  # Azure ML's limit
     # Azure ML's other limits: 10 tags here, the reserve leaves logger.tags the rest of 50; 41 metric names.
     assert len(logged.tags) < tracking.RESERVED_TAGS and len(logged.metrics) <= tracking.MAX_METRIC_NAMES
+    assert set(logged.metrics) <= tracking.planned_metric_names(cfg)  # what was counted before the run
     assert logged.params["model.short_name"] == "tiny-phi3" and logged.params["sft.max_steps"] == "40"
     assert logged.tags["profile"] == "None"
     artifacts = {a.path for a in client.list_artifacts(run_id)} | {

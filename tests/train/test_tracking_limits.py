@@ -8,8 +8,9 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 from transformers import TrainerControl, TrainerState
 
+from tests.conftest import QUICK_TRAIN, run_module
 from train import tracking
-from train.recipe import sft_defaults
+from train.recipe import run, sft_defaults
 
 
 def test_too_many_params_stop_before_anything_is_logged(compose_train, tmp_path):
@@ -21,6 +22,35 @@ def test_too_many_params_stop_before_anything_is_logged(compose_train, tmp_path)
         tracking.TrackingLimitError, match=rf"{len(params) + 150} params exceed Azure ML's limit of 200"
     ):
         tracking.flatten_params(grown, sft_defaults())
+    with pytest.raises(tracking.TrackingLimitError, match="params exceed"):
+        run(grown)  # the recipe checks before it loads, trains or logs anything
+    assert not (tmp_path / "outputs").exists()  # no run folder, no tracking store
+
+
+@pytest.mark.slow
+def test_an_overrides_tag_over_1000_characters_stops_the_command_before_anything_is_logged(tmp_path):
+    result = run_module(
+        "train", f"logger.run_name={'x' * 1000}", *QUICK_TRAIN, f"paths.output_root={tmp_path}/outputs"
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert "hydra.overrides tag would be" in line and "over Azure ML's 1000 per tag value" in line
+    assert not (tmp_path / "outputs" / "mlflow.db").exists()
+
+
+def test_metric_names_logged_after_training_count_before_the_run(compose_train, tmp_path, monkeypatch):
+    cfg = compose_train("eval.generate_samples=4", tmp=tmp_path)
+    planned = tracking.planned_metric_names(cfg)
+    assert {"exact_match_after", "stop_rate_after", "train_loss_last", "data_rows_read"} <= planned
+    # A few more names from the trainer (a new TRL version, say) and the run would pass the limit.
+    monkeypatch.setattr(
+        tracking,
+        "TRAINER_METRICS",
+        (*tracking.TRAINER_METRICS, *[f"new_{i}" for i in range(51 - len(planned))]),
+    )
+    with pytest.raises(tracking.TrackingLimitError, match=r"51 metric names, over Azure ML's limit of 50"):
+        run(cfg)
+    assert not (tmp_path / "outputs").exists()
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,16 @@ nodes on preemptible low-priority ones (or the reverse, at the dedicated price).
 from __future__ import annotations
 
 import logging
+import re
 
 from azure.ai.ml.entities import AmlCompute, IdentityConfiguration, ManagedIdentityConfiguration
 
 log = logging.getLogger(__name__)
+
+# Docker's --shm-size spelling, which azure-ai-ml passes on: a number and a unit (bytes, KiB, MiB, GiB).
+SHM_SIZE = re.compile(r"(\d+)([bkmg])")
+UNIT_GIB = {"b": 1 / 2**30, "k": 1 / 2**20, "m": 1 / 2**10, "g": 1}
+AZURE_DEFAULT_SHM_GIB = 2
 
 
 class ComputeError(ValueError):
@@ -75,11 +81,41 @@ def check_fits(cfg) -> None:
         )
         if on
     ]
+    shm_size(compute)  # a bad or missing size stops here, in a dry run too
     if not compute.gpus_per_node and needs_gpu:
         raise ComputeError(
             f"{compute.size} ({compute.name}) has no GPU but this config needs one ({', '.join(needs_gpu)}): "
             "use target/compute=nc24ads_a100_v4, or a CPU config such as +profile=cpu"
         )
+
+
+def shm_size(compute_cfg) -> str:
+    """The job container's /dev/shm: `target.compute.shm_size`, or half the node's memory. Checked
+    here, before anything is created: a size Docker cannot read, one over the node's memory, or
+    none at all (Azure's 2g, which DataLoader workers and NCCL exhaust on multi-GPU nodes)."""
+    memory = compute_cfg.get("memory_gib")
+    if compute_cfg.get("shm_size") is None:
+        if not memory:
+            raise ComputeError(
+                f"target.compute.memory_gib is not set for {compute_cfg.size}: set it to the size's RAM in GiB "
+                "(the job's /dev/shm is sized from it), or set target.compute.shm_size (e.g. 32g)"
+            )
+        return f"{int(memory // 2)}g"
+    size = str(compute_cfg.shm_size).strip().lower()
+    match = SHM_SIZE.fullmatch(size)
+    if not match or int(match[1]) == 0:
+        raise ComputeError(
+            f"target.compute.shm_size={compute_cfg.shm_size!r}: give a number and a unit, b, k, m or g (e.g. 32g)"
+        )
+    gib = int(match[1]) * UNIT_GIB[match[2]]
+    if memory and gib > memory:
+        raise ComputeError(
+            f"target.compute.shm_size={size} is more than the node's memory ({memory:g} GiB, "
+            "target.compute.memory_gib); null sizes it at half of that"
+        )
+    if gib < AZURE_DEFAULT_SHM_GIB:
+        log.warning("target.compute.shm_size=%s is below Azure's default of 2g", size)
+    return size
 
 
 def ensure_compute(ml_client, compute_cfg) -> AmlCompute:

@@ -28,6 +28,7 @@ from azure.ai.ml.entities import ManagedIdentityConfiguration, UserIdentityConfi
 from omegaconf import OmegaConf
 
 from common.paths import PROJECT_ROOT
+from train.azureml.compute import shm_size
 from train.config import JobIdentity
 
 RUN_OUTPUT = "run"  # the job output holding the run folder
@@ -200,6 +201,7 @@ def build_job(
         description="python -m train (finetune-phi), submitted with target=azureml",
         tags=tags,
         identity=_identity(target.job_identity),
+        shm_size=shm_size(target.compute),
     )
 
 

@@ -22,6 +22,7 @@ import json
 import logging
 import random
 from dataclasses import asdict, dataclass, field
+from itertools import accumulate
 from pathlib import Path
 
 import numpy as np
@@ -46,11 +47,19 @@ class PrepareStats:
     rows_read: int = 0  # non-blank rows, in source and eval_source together
     kept: int = 0  # train + test
     rejected: int = 0  # bad rows (see rejects.jsonl)
+    # Rows whose conversation repeats an earlier valid row, in source and eval_source together (found
+    # whether or not data.dedupe removes them: copies are kept on one side of the split).
+    duplicates: int = 0
+    # With data.dedupe: every repeat; always: a train row that repeats a held-out one.
     duplicates_removed: int = 0
+    special_token_text: int = 0  # rows with a special token's text in a message (rejected)
+    # Links in a source folder that lead nowhere (dangling) or round in a circle (a loop).
+    unreadable_links: list[str] = field(default_factory=list)
     train: int = 0
     test: int = 0
     formats: dict[str, int] = field(default_factory=dict)  # valid rows per format, before dedupe
     turns: int = 0  # messages in the kept rows
+    over_max_turns: int = 0  # rows of more than max_turns messages (rejected, in rejects.jsonl)
     # Length policy (only with a tokenizer and max_length).
     max_length: int | None = None
     length_policy: LengthPolicy | None = None
@@ -97,6 +106,7 @@ def prepare(
     seed: int = 0,
     dedupe: bool = False,
     merge_system_into_first_user: bool = False,
+    max_turns: int | None = None,
     tokenizer: ChatTokenizer | None = None,
     max_length: int | None = None,
     length_policy: LengthPolicy | str = LengthPolicy.truncate,
@@ -105,10 +115,12 @@ def prepare(
 
     `format` forces one format instead of detecting it per record. With `eval_source`, that
     source is the test split and nothing is split off `source`; otherwise a `test_size`
-    fraction (at least one row when there are two or more) is chosen at random from `seed`.
-    `dedupe` drops exact repeats of a conversation, keeping the first; a train row that repeats
-    a test row is dropped too. `merge_system_into_first_user` moves a leading system message's
-    text into the first user message. With a `tokenizer`, rows are tokenized as the trainer will
+    fraction (at least one row when there are two or more) is chosen at random from `seed`, with
+    every copy of a conversation on the same side; with `eval_source`, a train row that repeats a
+    test row is dropped (counted in `duplicates_removed`). `dedupe` drops every exact repeat of a
+    conversation, keeping the first. `merge_system_into_first_user` moves a leading system message's
+    text into the first user message. A conversation of more than `max_turns` messages is a bad
+    row (so the work per row is bounded). With a `tokenizer`, rows are tokenized as the trainer will
     see them and checked (every turn rendered, every reply trains its end of turn), and with
     `max_length` longer ones are truncated or dropped per `length_policy`.
     Raises DataError for a bad row (when on_error="fail"), an empty source, or a source with
@@ -126,7 +138,9 @@ def prepare(
     sources = [(_opened(source), "train")]
     if eval_source is not None:
         sources.append((_opened(eval_source), "test"))
-    items = {name: _validate(src, format, on_error, stats, rejects) for src, name in sources}
+    for src, _ in sources:
+        _unreadable_links(src, on_error, stats, rejects)
+    items = {name: _validate(src, format, max_turns, on_error, stats, rejects) for src, name in sources}
     if merge_system_into_first_user:
         for item in items["train"] + items.get("test", []):
             item.messages = merge_system(item.messages)
@@ -138,6 +152,7 @@ def prepare(
                 f"{src.label}: every row was rejected; the reasons are in {out / 'rejects.jsonl'}"
             )
 
+    stats.duplicates = _count_repeats(train + test)
     if dedupe:
         seen: set[str] = set()
         test = _dedupe(test, seen)
@@ -158,8 +173,17 @@ def prepare(
                 f"{sources[0][0].label}: every conversation is longer than max_length={max_length} tokens "
                 f"(length_policy={length_policy}); raise sft.max_length or see {out / 'rejects.jsonl'}"
             )
-    if eval_source is None:
-        train, test = split(train, test_size, seed)
+    if eval_source is None:  # copies of a conversation stay together, on one side
+        train, test = split(train, test_size, seed, key=_conversation_key)
+    else:  # a train row that repeats a held-out one would make the held-out score measure recall
+        held_out = {_conversation_key(item) for item in test}
+        kept = [item for item in train if _conversation_key(item) not in held_out]
+        stats.duplicates_removed += len(train) - len(kept)
+        train = kept
+        if not train:
+            raise DataError(
+                f"{sources[0][0].label}: every row repeats an eval_source row; nothing is left to train on"
+            )
 
     stats.train, stats.test = len(train), len(test)
     stats.kept = stats.train + stats.test
@@ -179,6 +203,7 @@ def prepare(
 def _validate(
     source: OpenedSource,
     format: DataFormat | None,
+    max_turns: int | None,
     on_error: OnError,
     stats: PrepareStats,
     rejects: list[dict],
@@ -192,7 +217,14 @@ def _validate(
             if row.error:
                 raise RowError(row.error)
             name = format or detect_format(row.record)
-            items.append(Item({"source": row.path, row.unit: row.number}, to_messages(row.record, name)))
+            messages = to_messages(row.record, name)
+            if max_turns and len(messages) > max_turns:
+                stats.over_max_turns += 1
+                raise RowError(
+                    f"{len(messages)} messages, over data.max_turns={max_turns}: split the conversation "
+                    "into shorter ones, or raise data.max_turns"
+                )
+            items.append(Item({"source": row.path, row.unit: row.number}, messages))
         except RowError as e:
             if on_error == OnError.fail:
                 raise DataError(f"{row.location}: {e} ({SKIP_HINT})") from None
@@ -206,10 +238,31 @@ def _validate(
     return items
 
 
+def _conversation_key(item: Item) -> str:
+    """Equal for the same conversation, whatever format or file it came from."""
+    return json.dumps(item.messages, ensure_ascii=False)
+
+
+def _count_repeats(items: list[Item]) -> int:
+    return len(items) - len({_conversation_key(item) for item in items})
+
+
+def _unreadable_links(
+    source: OpenedSource, on_error: OnError, stats: PrepareStats, rejects: list[dict]
+) -> None:
+    """A source folder's links that cannot be followed: their rows would be lost without a word."""
+    for link, reason in source.unreadable:
+        if on_error == OnError.fail:
+            raise DataError(f"{link}: {reason}; fix or remove the link ({SKIP_HINT})")
+        stats.unreadable_links.append(str(link))
+        rejects.append({"source": str(link), "reason": reason})
+        log.warning("%s: %s; its rows (if any) are not read", link, reason)
+
+
 def _dedupe(items: list[Item], seen: set[str]) -> list[Item]:
     kept = []
     for item in items:
-        key = json.dumps(item.messages, ensure_ascii=False)
+        key = _conversation_key(item)
         if key not in seen:
             seen.add(key)
             kept.append(item)
@@ -234,6 +287,14 @@ def _tokenize(
         for item in items:
             item.messages, clipped = clip_messages(item.messages, chars)
             stats.clipped_rows += clipped
+    textual = []
+    for item in items:  # a special token's text in a message: the token would be trained there
+        if problem := tokenizer.special_token_text(item.messages):
+            stats.special_token_text += 1
+            _bad_row(item, problem, on_error, stats, rejects)
+        else:
+            textual.append(item)
+    items = textual
     for item, encoded in zip(items, tokenizer.encode([item.messages for item in items])):
         item.encoded = encoded
     kept = []
@@ -250,13 +311,18 @@ def _tokenize(
                 )
                 continue
         if problem := item.encoded.problem:
-            if on_error == OnError.fail:
-                raise DataError(f"{item.location}: {problem}")
-            stats.rejected += 1
-            rejects.append({**item.origin, "reason": problem, "raw": {"messages": item.messages}})
+            _bad_row(item, problem, on_error, stats, rejects)
             continue
         kept.append(fitted)
     return kept
+
+
+def _bad_row(item: Item, problem: str, on_error: OnError, stats: PrepareStats, rejects: list[dict]) -> None:
+    """A row that cannot be trained as it should: stop naming it (fail), or list it (skip)."""
+    if on_error == OnError.fail:
+        raise DataError(f"{item.location}: {problem} ({SKIP_HINT})")
+    stats.rejected += 1
+    rejects.append({**item.origin, "reason": problem, "raw": {"messages": item.messages}})
 
 
 def _fit(
@@ -269,27 +335,49 @@ def _fit(
     # The longest run of whole turns that ends with an assistant reply and fits: every token of
     # it is trained on as written, and the model still learns where replies end.
     ends = [i + 1 for i, m in enumerate(messages) if m["role"] == "assistant"]
-    encoded = item.encoded  # the first exchange when the row is one; else the loop's last try
-    for end in reversed([e for e in ends if e < len(messages)]):
-        encoded = tokenizer.encode([messages[:end]])[0]
-        if len(encoded.input_ids) <= max_length:
-            stats.truncated_turns += 1
-            return Item(item.origin, messages[:end], encoded), ""
+    # A prefix longer than the character budget cannot fit (a token stands for at most
+    # longest_token_chars characters), and a longer prefix never has fewer tokens: the longest
+    # one that fits is found by bisection among the shorter ones. A conversation of n turns then
+    # costs O(log n) encodings of bounded size, not n encodings of growing size (quadratic).
+    budget = (max_length + MARGIN_TOKENS) * tokenizer.longest_token_chars
+    chars = [0, *accumulate(len(m["content"]) for m in messages)]
+    candidates = [end for end in ends if end < len(messages) and chars[end] <= budget]
+    tried: dict[int, Encoded] = {len(messages): item.encoded}
+    low, high, best = 0, len(candidates) - 1, None
+    while low <= high:
+        middle = (low + high) // 2
+        end = candidates[middle]
+        tried[end] = tokenizer.encode([messages[:end]])[0]
+        if len(tried[end].input_ids) <= max_length:
+            best, low = end, middle + 1
+        else:
+            high = middle - 1
+    if best is not None:
+        stats.truncated_turns += 1
+        return Item(item.origin, messages[:best], tried[best]), ""
     # Even the first exchange is too long: keep its first max_length tokens (what the trainer's
     # own truncation would do) if any of the reply survives; otherwise nothing would be trained.
     prompt = tokenizer.prompt_length(messages)
     if prompt >= max_length:
         return None, f"the prompt alone is {prompt} tokens, so no reply token would be trained"
+    first = ends[0]
+    encoded = tried.get(first) or tokenizer.encode([messages[:first]])[0]
     cut = Encoded(encoded.input_ids[:max_length], encoded.labels[:max_length], encoded.problem)
     stats.cut_at_max_length += 1
-    return Item(item.origin, messages[: ends[0]], cut), ""
+    return Item(item.origin, messages[:first], cut), ""
 
 
-def split(items: list, test_size: float, seed: int) -> tuple[list, list]:
-    """(train, test), each in input order; the test rows are a random sample drawn from `seed`."""
-    n = len(items)
+def split(items: list, test_size: float, seed: int, key=None) -> tuple[list, list]:
+    """(train, test), each in input order; the test rows are a random sample drawn from `seed`.
+    With `key`, items of equal key form one group, and `test_size` of the groups are held out whole:
+    copies never land on both sides (without copies, the split is the same as without `key`)."""
+    groups: dict = {}
+    for i, item in enumerate(items):
+        groups.setdefault(key(item) if key else i, []).append(i)
+    members = list(groups.values())  # in order of first appearance
+    n = len(members)
     n_test = min(max(1, round(n * test_size)), n - 1) if n >= 2 else 0
-    test_ids = set(random.Random(seed).sample(range(n), n_test))
+    test_ids = {i for g in random.Random(seed).sample(range(n), n_test) for i in members[g]}
     train = [m for i, m in enumerate(items) if i not in test_ids]
     test = [m for i, m in enumerate(items) if i in test_ids]
     return train, test

@@ -64,9 +64,19 @@ def stats_summary(stats: dict, prepared_dir: Path) -> str:
         f"  kept           {stats['kept']} (train {stats['train']}, test {stats['test']})",
         f"  rejected       {stats['rejected']}"
         + (f"  -> {prepared_dir / 'rejects.jsonl'}" if stats["rejected"] else ""),
-        f"  duplicates     {stats['duplicates_removed']} removed",
+        f"  duplicates     {stats['duplicates']} found, {stats['duplicates_removed']} removed"
+        " (copies are never on both sides of the split)",
         f"  turns          {stats['turns']}",
     ]
+    if stats["special_token_text"] or stats["over_max_turns"]:
+        lines.append(
+            f"  of the rejected: {stats['special_token_text']} hold a special token's text, "
+            f"{stats['over_max_turns']} have more than data.max_turns messages"
+        )
+    if stats["unreadable_links"]:
+        lines.append(
+            f"  unreadable links  {len(stats['unreadable_links'])} (not read): {', '.join(stats['unreadable_links'])}"
+        )
     if tokens:
         lines.append(
             f"  tokens/conv    p50 {tokens['p50']}, p95 {tokens['p95']}, max {tokens['max']}"

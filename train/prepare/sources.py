@@ -14,9 +14,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,17 +49,41 @@ class Row:
 
 def source_files(source: str | Path) -> list[Path]:
     """The data files of a source: the file itself, or a directory's data files in name order."""
+    return listed_files(source)[0]
+
+
+def listed_files(source: str | Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The data files of a source, and the links in its directory that cannot be followed (each
+    with why): `is_file()` is simply False for those, so without this they would vanish unseen."""
     path = Path(source)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+        entries = sorted(path.iterdir())
+        files = [p for p in entries if p.is_file() and p.suffix.lower() in SUFFIXES]
+        unreadable = [(p, why) for p in entries if (why := broken_link(p))]
         if not files:
-            raise DataError(f"{path}: no {', '.join(SUFFIXES)} files in this directory")
-        return files
+            links = "".join(f"; {p.name} is {why}" for p, why in unreadable)
+            raise DataError(f"{path}: no {', '.join(SUFFIXES)} files in this directory{links}")
+        return files, unreadable
+    if why := broken_link(path):
+        raise DataError(f"{path}: {why}")
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")
     if path.suffix.lower() not in SUFFIXES:
         raise DataError(f"{path}: unsupported file type (expected {', '.join(SUFFIXES)} or a directory)")
-    return [path]
+    return [path], []
+
+
+def broken_link(path: Path) -> str | None:
+    """Why a symbolic link cannot be followed (dangling or looping), or None for anything else."""
+    if not path.is_symlink():
+        return None
+    try:
+        path.resolve(strict=True)
+    except FileNotFoundError:
+        return f"a dangling link (to {os.readlink(path)}, which does not exist)"
+    except (RuntimeError, OSError) as e:  # a loop: RuntimeError up to Python 3.12, OSError (ELOOP) after
+        return f"a link that cannot be followed ({e})"
+    return None
 
 
 @dataclass(frozen=True)
@@ -87,8 +112,8 @@ class Source:
     def open(self) -> OpenedSource:
         """Resolve the source: list local files, or load the hub split (cached by `datasets`)."""
         if self.is_local_files:
-            files = source_files(self.location)
-            return OpenedSource(self.location, files_fingerprint(files), files=files)
+            files, unreadable = listed_files(self.location)
+            return OpenedSource(self.location, files_fingerprint(files), files=files, unreadable=unreadable)
         return _open_hub(self)
 
 
@@ -100,6 +125,7 @@ class OpenedSource:
     fingerprint: str
     files: list[Path] | None = None
     dataset: Any = None  # a datasets.Dataset for hub sources
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)  # links in the folder, and why
 
     def rows(self) -> Iterator[Row]:
         if self.files is not None:
@@ -195,29 +221,46 @@ def _read_parquet(path: Path) -> Iterator[Row]:
 def _read_csv(path: Path) -> Iterator[Row]:
     """Records numbered by the file line they start on (a quoted cell may span lines; the header is
     line 1). Cells stay text: "007" is not 7, and an empty cell is an empty string, so a required
-    one is reported as empty rather than missing."""
+    one is reported as empty rather than missing. A byte that is not UTF-8 makes its own record a
+    bad row (named by the line it starts on), not the whole file: the file is decoded with
+    `surrogateescape`, which keeps such a byte as a marker that `_csv_row` finds."""
     # csv caps a cell at 131,072 characters; a longer reply is the length policy's business (the
     # per-message character budget bounds the work), not a reason to reject the file.
     previous_limit = csv.field_size_limit(sys.maxsize)
     try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
+        with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
             reader = csv.reader(f)
             try:
                 header = next(reader, None)
+                if header and (bad := _undecodable(header)):
+                    raise DataError(f"{path} line 1: the header is not UTF-8 ({bad}); save the file as UTF-8")
                 start = reader.line_num + 1
                 for cells in reader:
                     if cells:  # not a blank line
                         yield _csv_row(path, start, header, cells)
                     start = reader.line_num + 1
-            except (csv.Error, UnicodeDecodeError) as e:
-                raise DataError(
-                    f"{path} line {reader.line_num + 1}: cannot read this CSV file ({e})"
-                ) from None
+            except csv.Error as e:
+                raise DataError(f"{path} line {start}: cannot read this CSV file ({e})") from None
     finally:
         csv.field_size_limit(previous_limit)
 
 
+def _undecodable(cells: list[str]) -> str | None:
+    """Where the first byte that was not UTF-8 is, or None (it arrives as a lone surrogate)."""
+    for column, cell in enumerate(cells, 1):
+        try:
+            cell.encode("utf-8")
+        except UnicodeEncodeError as e:
+            byte = ord(cell[e.start]) - 0xDC00
+            return f"byte 0x{byte:02x} at character {e.start + 1} of column {column}"
+    return None
+
+
 def _csv_row(path: Path, line: int, header: list[str], cells: list[str]) -> Row:
+    if bad := _undecodable(cells):
+        # The row as it was, with the bad bytes written as \xNN, for rejects.jsonl.
+        raw = [c.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") for c in cells]
+        return Row(str(path), "line", line, raw, error=f"invalid UTF-8: {bad}")
     if len(cells) != len(header):
         error = f"{len(cells)} cells, but the header has {len(header)} ({', '.join(header)})"
         return Row(str(path), "line", line, cells, error=error)

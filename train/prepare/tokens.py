@@ -26,6 +26,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -110,6 +111,33 @@ class ChatTokenizer:
     def longest_token_chars(self) -> int:
         """An upper bound on the characters one token stands for (the serving side's bound too)."""
         return longest_token_chars(self.tokenizer)
+
+    @cached_property
+    def _special_text(self) -> re.Pattern | None:
+        """The text of each special token: the tokenizer reads it out of any text as that token."""
+        tokens = {t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special and t.content}
+        # Longest first, so `<|end|>` is not found inside a longer token that starts the same way.
+        return re.compile("|".join(map(re.escape, sorted(tokens, key=len, reverse=True)))) if tokens else None
+
+    def special_token_text(self, messages: Messages) -> str | None:
+        """Why the row cannot be trained as written, when a message holds a special token's text.
+
+        The rendering is tokenized with the template's special tokens recognised, so `<|end|>`
+        written inside a reply would become the end-of-turn token there (and `<|user|>` a forged
+        turn): the model would learn to stop mid-reply. Such a row is refused, not rewritten, so what
+        is trained is what was written."""
+        if self._special_text is None:
+            return None
+        for i, message in enumerate(messages):
+            if found := self._special_text.search(message["content"]):
+                token = found.group()
+                return (
+                    f"messages[{i}] ({message['role']}) holds the text {token!r} at character {found.start() + 1}, "
+                    f"which the tokenizer of {self.name} reads as its special token "
+                    f"(id {self.tokenizer.convert_tokens_to_ids(token)}), so the model would learn that token "
+                    "there; remove it from the data or write it differently"
+                )
+        return None
 
     def check_template(self) -> None:
         """Refuse a template that cannot be masked, naming the model and the ways out."""
@@ -257,7 +285,7 @@ class ChatTokenizer:
             if self.masks_by_rendering:  # a common prefix may end inside the next turn's first token
                 ends = sorted({end for _, end in offsets})
                 spans = [(start, ends[max(bisect.bisect_right(ends, end) - 1, 0)]) for start, end in spans]
-            labels = _mask(ids, spans, lambda char: tokens.char_to_token(row, char))
+            labels = _mask(ids, spans, _char_to_token(offsets))
         problem = self._unrendered(messages, text)
         if problem is None and spans is not None:
             problem = self._stop_untrained(messages, text, spans, offsets, labels)
@@ -302,9 +330,11 @@ class ChatTokenizer:
         if len(joined) != len(replies):
             return f"{len(replies)} replies, but {len(joined)} trained spans: {self._ways_out()}"
         eot = self.end_of_turn
+        # In text order; bisected per reply, so a conversation of n replies costs O(n log n), not n^2.
         trained_stops = [offsets[t][0] for t, label in enumerate(labels) if label == eot]
         for k, (start, end) in zip(replies, joined):
-            if not any(start <= char < end for char in trained_stops):
+            at = bisect.bisect_left(trained_stops, start)
+            if at == len(trained_stops) or trained_stops[at] >= end:
                 token = self.tokenizer.convert_ids_to_tokens(eot)
                 return (
                     f"the end-of-turn token {token!r} after messages[{k}] is not trained, so the model "
@@ -325,6 +355,26 @@ def _mask(ids: list[int], spans, char_to_token) -> list[int]:
         for t in range(first, len(ids) if last is None else last + 1):
             labels[t] = ids[t]
     return labels
+
+
+def _char_to_token(offsets):
+    """`Encoding.char_to_token` (the first token whose span holds the character, or None) by
+    bisection: the tokenizers library scans every token per call, which made a row of n replies
+    cost n x its length."""
+    starts = [start for start, _ in offsets]
+
+    def find(char: int) -> int | None:
+        last = bisect.bisect_right(starts, char) - 1  # the last token starting at or before char
+        if last < 0:
+            return None
+        token = bisect.bisect_left(starts, starts[last])  # the first of those sharing its start
+        while token < len(offsets) and offsets[token][0] <= char:
+            if char < offsets[token][1]:
+                return token
+            token += 1
+        return None
+
+    return find
 
 
 def _common_prefix(a: str, b: str) -> int:

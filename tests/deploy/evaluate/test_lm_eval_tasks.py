@@ -88,3 +88,33 @@ def test_each_choice_s_loglikelihood_is_what_the_model_s_own_loss_says(tiny):
             loss = model(torch.tensor([whole]), labels=torch.tensor([labels])).loss
         assert ll == pytest.approx(-float(loss) * (len(whole) - len(context)), abs=1e-4)
     assert metrics["arc_words_acc"] == sum(r["acc"] for r in rows) / 5
+
+
+def test_scores_equal_lm_eval_s_own_run_of_the_same_task_files(tiny, monkeypatch):
+    """The claim in the module docstring, against lm-eval itself (`HFLM` over the same model and
+    tokenizer, the same YAML files): per-choice log-likelihoods within 1e-4, acc and acc_norm equal
+    per document."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    model, tokenizer = tiny
+    monkeypatch.chdir(TASKS)  # lm-eval resolves dataset_kwargs.data_files from the working directory
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    names = ["arc_words", "hellaswag_words"]
+    theirs = simple_evaluate(
+        model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1),
+        tasks=names,
+        task_manager=TaskManager(include_path=str(TASKS)),
+        log_samples=True,
+    )
+    for name in names:
+        metrics, rows = evaluate_task(model, tokenizer, load_task(TASKS / f"{name}.yaml"))
+        samples = sorted(theirs["samples"][name], key=lambda sample: sample["doc_id"])
+        assert len(samples) == len(rows)
+        for row, sample in zip(rows, samples):
+            assert row["gold"] == sample["target"]
+            assert row["lls"] == pytest.approx([ll for ll, _ in sample["filtered_resps"]], abs=1e-4)
+            assert (row["acc"], row["acc_norm"]) == (sample["acc"], sample["acc_norm"])
+        results = theirs["results"][name]
+        assert metrics == {f"{name}_acc": results["acc,none"], f"{name}_acc_norm": results["acc_norm,none"]}

@@ -132,3 +132,24 @@ def test_task_metrics_take_the_tasks_tolerance_unless_named():
 def test_a_tolerance_on_a_metric_without_a_better_direction_is_refused():
     with pytest.raises(gate.GateError, match=r"gate.tolerance.answer_tokens_mean=5.*no better direction"):
         gate.compare({"answer_tokens_mean": 3.0}, {"answer_tokens_mean": 3.0}, {"answer_tokens_mean": 5})
+
+
+def test_rouge_l_equals_rouge_score_on_5000_random_ascii_pairs():
+    """The claim in deploy/evaluate/metrics.py, against google-research's `rouge-score` itself
+    (its defaults: lower case, non-alphanumerics as separators, no stemming)."""
+    import random
+
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    rng = random.Random(0)
+    words = ["the", "Cat", "sat", "on", "mat", "kettle", "plum", "x_y", "42", "don't", "e-mail", "A"]
+    separators = [" ", "  ", ", ", ". ", "!", "\n", "-", "_", "/"]
+
+    def text() -> str:
+        return "".join(rng.choice(words) + rng.choice(separators) for _ in range(rng.randint(0, 12)))
+
+    for _ in range(5000):
+        answer, reference = text(), text()
+        expected = scorer.score(reference, answer)["rougeL"].fmeasure  # score(target, prediction)
+        assert rouge_l(answer, reference) == pytest.approx(expected, abs=1e-12), (answer, reference)
