@@ -18,6 +18,9 @@ generation, so measure batching with a model that runs to max_tokens (the untrai
 The server is `python -m deploy target=local` (deploy/serve/); with --model-uri it is started on
 a free loopback port for the run and stopped by its pid. When $FINETUNE_PHI_ENDPOINT_KEY (or --key-env) is set, requests carry it as
 `Authorization: Bearer ...`; it is never written anywhere.
+The server's resident memory (RSS, its process and children) is sampled every 0.1 s while each
+level runs and reported as its peak (`--server-pid` for a server started elsewhere; found by its
+port otherwise): the KV cache is sized by `server.kv_cache_mib`, not by the requests.
 Results: bench/results/<date>-serve-<hardware>.json and .md.
 """
 
@@ -28,6 +31,7 @@ import contextlib
 import os
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -106,10 +110,58 @@ def closed_loop(url: str, payloads: list[dict], clients: int, key: str | None, t
     return row
 
 
-def run_level(url: str, concurrency: int, payloads: list[dict], key: str | None, timeout: float) -> dict:
-    """One level: untimed warm-up, the requests from `concurrency` clients, then one after another."""
+class PeakRss:
+    """The peak resident memory of a process and its children, sampled in a thread while in use."""
+
+    def __init__(self, pid: int | None, every_s: float = 0.1):
+        self.pid, self.every_s, self.peak = pid, every_s, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        process = psutil.Process(self.pid)
+        while not self._stop.is_set():
+            try:
+                rss = sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
+            except psutil.Error:  # a child that just ended
+                continue
+            self.peak = max(self.peak, rss)
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> PeakRss:
+        if self.pid is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self.pid is not None:
+            self._thread.join()
+
+
+def listening_pid(url: str) -> int | None:
+    """The process listening on the url's port (the server this benchmark talks to), if visible."""
+    import psutil
+
+    port = urlparse(url).port
+    for connection in psutil.net_connections(kind="tcp"):
+        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port:
+            return connection.pid
+    return None
+
+
+def run_level(
+    url: str, concurrency: int, payloads: list[dict], key: str | None, timeout: float, pid: int | None = None
+) -> dict:
+    """One level: untimed warm-up, the requests from `concurrency` clients (the server's peak RSS
+    sampled meanwhile), then one after another."""
     closed_loop(url, payloads[: 2 * concurrency], concurrency, key, timeout)
-    row = {"concurrency": concurrency, **closed_loop(url, payloads, concurrency, key, timeout)}
+    with PeakRss(pid) as rss:
+        row = {"concurrency": concurrency, **closed_loop(url, payloads, concurrency, key, timeout)}
+    if rss.peak:
+        row["peak_rss_gib"] = rss.peak / 2**30
     sequential = row if concurrency == 1 else closed_loop(url, payloads, 1, key, timeout)
     if row.get("tokens_per_s") and sequential.get("tokens_per_s"):
         row["sequential_tokens_per_s"] = sequential["tokens_per_s"]
@@ -147,6 +199,7 @@ COLUMNS = [
     ("p95 vs C=1", "latency_p95_vs_c1", ".2f"),
     ("requests/s", "requests_per_s", ".2f"),
     ("tokens/answer", "completion_tokens_mean", ".1f"),
+    ("server peak RSS GiB", "peak_rss_gib", ".2f"),
 ]
 
 
@@ -159,11 +212,14 @@ def run_serve_benchmark(
     api: str = "openai",
     timeout: float = 300,
     command: str = "",
+    pid: int | None = None,
 ) -> dict:
     from bench import metrics
 
     route = url + ROUTES[api]
-    rows = [run_level(route, c, chat_payloads(max(requests, c), max_tokens), key, timeout) for c in levels]
+    rows = [
+        run_level(route, c, chat_payloads(max(requests, c), max_tokens), key, timeout, pid) for c in levels
+    ]
     failed = [r for r in rows if not r["ok"]]
     if failed:
         raise RuntimeError(
@@ -252,6 +308,9 @@ def main(argv: list[str] | None = None) -> dict:
         "--key-env", default="FINETUNE_PHI_ENDPOINT_KEY", help="env var holding the endpoint key"
     )
     parser.add_argument("--timeout", type=float, default=300, help="seconds per request")
+    parser.add_argument(
+        "--server-pid", type=int, help="the server's pid, for its RSS (default: found by port)"
+    )
     parser.add_argument("--results-dir", default=str(RESULTS_DIR))
     args = parser.parse_args(argv)
     if min(args.concurrency) < 1 or args.requests < 1 or args.max_tokens < 1:
@@ -268,6 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
             args.api,
             args.timeout,
             command=" ".join(["python -m bench.serve", *(sys.argv[1:] if argv is None else argv)]),
+            pid=args.server_pid or listening_pid(url),
         )
     results["model"] = args.model_uri or args.url
     from bench.metrics import hardware_slug

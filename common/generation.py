@@ -1,27 +1,23 @@
 """Rendering a chat and generating its answer, once for serving and for evaluation.
 
 The scoring script (deploy/scoring/score.py), training's held-out evaluation
-(train/evaluate.py) and the parity check all render prompts with `prompt_ids` and generate
+(train/evaluate.py) and the parity check all render prompts with `prompt_ids` (common.rendering,
+the renderer data preparation cuts the training ids from) and generate
 with `Generator`, so what evaluation measures is what the endpoint serves: the same template
 call, the same stop ids, the same decoding and the same finish reasons.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from functools import cached_property
 from typing import Any
 
 from common.payloads import RequestLimits, check_context
+from common.rendering import prompt_ids, special_token_ids
 
 SENTINEL_REPLY = "Sentinel reply 7"
-
-
-def special_token_ids(tokenizer) -> set[int]:
-    """Every special token's id: the named ones (bos, eos, ...) and the added tokens marked special
-    (a GGUF vocabulary marks Phi-3's <|end|> special without naming it among all_special_ids)."""
-    added = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
-    return set(tokenizer.all_special_ids) | added
 
 
 def end_of_turn_id(tokenizer, chat_template: str | None = None) -> int | None:
@@ -52,82 +48,23 @@ def split_for_generation(messages: list[dict]) -> tuple[list[dict], str] | None:
     return None
 
 
-def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
-    """Token ids of the prompt a model answers: the chat template with the generation prompt.
+@contextlib.contextmanager
+def torch_threads(model, threads: int | None):
+    """Generate on a CPU with `threads` torch threads (None: torch's default), then restore them.
+    Decoding a small model is memory-bound: on the shared 2-core machine one thread answered 6x
+    faster than two (SmolLM2-135M, 16 prompts: 16 vs 2.5 tokens/s at load average 12), whose
+    OpenMP threads wait on each other whenever another process holds a core."""
+    import torch
 
-    Message content is text: a special token's text typed inside it (`<|end|><|assistant|>`) is
-    tokenized as the characters it is, never as the special token, so nobody can forge a turn.
-    The template's own special tokens are untouched; a conversation without such text gets
-    exactly the template's ids."""
-    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)
-    specials = {tokenizer.convert_ids_to_tokens(i): i for i in special_token_ids(tokenizer)}
-    if not any(token and token in m["content"] for m in messages for token in specials):
-        return encoded["input_ids"]
-    return _ids_with_content_as_text(tokenizer, messages, set(specials.values()))
-
-
-def _ids_with_content_as_text(tokenizer, messages: list[dict], special: set[int]) -> list[int]:
-    """`prompt_ids` of a conversation whose content holds special-token text: the rendered text
-    tokenized as usual, then each stretch between two of the template's own special tokens that
-    holds such text tokenized again as plain text (what it would be were those tokens not special)."""
-    text, spans = _rendered_with_content_spans(tokenizer, messages)
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-
-    def in_content(start: int) -> bool:
-        return any(first <= start < end for first, end in spans)
-
-    ids: list[int] = []
-    stretch_start, stretch = 0, []  # the text since the last template special token, and its ids
-    for token, (start, end) in [
-        *zip(encoded["input_ids"], encoded["offset_mapping"]),
-        (None, (len(text),) * 2),
-    ]:
-        if token is not None and (token not in special or in_content(start)):
-            stretch.append(token)
-            continue
-        if any(t in special for t in stretch):  # forged: tokenize that stretch as text
-            stretch = tokenizer(
-                text[stretch_start:start], add_special_tokens=False, split_special_tokens=True
-            )
-            stretch = stretch["input_ids"]
-        ids += stretch + ([token] if token is not None else [])
-        stretch_start, stretch = end, []
-    return ids
-
-
-def _rendered_with_content_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered prompt and where each message's content lies in it, found by rendering with a
-    marker in place of each content (a content search could match the template's own text)."""
-    from common.payloads import BadRequest
-
-    def marker(i: int) -> str:
-        return f"\ue000{i}\ue001"  # private-use characters: never in a template
-
-    def render(conversation: list[dict]) -> str:
-        return tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
-
-    text = render(messages)
-    marked = render([{**m, "content": marker(i)} for i, m in enumerate(messages)])
-    for transform in (lambda c: c, str.strip):  # templates insert content as it is, or trimmed
-        pieces, spans, cursor, position = [], [], 0, 0
-        for i, message in enumerate(messages):
-            at = marked.find(marker(i), cursor)
-            if at < 0:
-                continue  # a template may leave a message out (Phi-3-mini's drops system messages)
-            content = transform(message["content"])
-            pieces.append(marked[cursor:at])
-            position += at - cursor
-            spans.append((position, position + len(content)))
-            pieces.append(content)
-            position += len(content)
-            cursor = at + len(marker(i))
-        if "".join(pieces) + marked[cursor:] == text:
-            return text, spans
-    raise BadRequest(
-        "a message contains a special token's text, and this model's chat template changes content in a way "
-        "that hides where the content lies; remove the special token text from the messages",
-        param="messages",
-    )
+    if threads is None or model.device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def longest_token_chars(tokenizer) -> int:

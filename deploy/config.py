@@ -79,7 +79,7 @@ class ServerSettings:
     max_queue: int = 64
     max_slots_per_request: int = 4
     allowed_hosts: list[str] = field(default_factory=list)
-    kv_cache_tokens: int | None = None
+    kv_cache_mib: float | None = None
     torch_threads: int | None = 1
     shutdown_timeout_s: float = 5.0
 

@@ -5,7 +5,7 @@ python -m e2e                                   # the embedded default, three qu
 python -m e2e --question "What is the first word of: amber river" --question "Repeat it"
 python -m e2e --train-override eval.generate_samples=8   # replaces the default overrides
 python -m e2e --model-uri models:/tiny-phi3-sft/1        # skip training: serve, connect, ask
-python -m e2e --model-uri models:/smollm2/1 --serve-override target.server.kv_cache_tokens=16384  # a real model
+python -m e2e --model-uri models:/smollm2/1 --serve-override target.server.kv_cache_mib=720  # a real model
 
 It sits above the layers it drives (train, deploy, flow), as bench/ does, so it is the one
 place that imports all three.
@@ -218,8 +218,8 @@ def main(argv: list[str] | None = None) -> dict:
         "--serve-override",
         action="append",
         default=[],
-        help="a `python -m deploy target=local` override (repeatable), e.g. target.server.kv_cache_tokens=16384: "
-        "the default KV cache (max_batch x context) of an 8k-context model takes gigabytes",
+        help="a `python -m deploy target=local` override (repeatable), e.g. target.server.kv_cache_mib=720: "
+        "the KV cache's memory budget (default 1024 MiB on a CPU, docs/serving-memory.md)",
     )
     parser.add_argument(
         "--out-dir", type=Path, default=None, help="a new folder; default: outputs/e2e/<time>"

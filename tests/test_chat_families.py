@@ -21,6 +21,7 @@ pytestmark = pytest.mark.slow
 # The token each family's template ends a reply with; generation must stop there.
 END_OF_TURN = {
     "qwen2_5": "<|im_end|>",
+    "smollm2": "<|im_end|>",  # ChatML with a default system prompt
     "llama3_2": "<|eot_id|>",
     "phi4_mini": "<|end|>",
     "phi3_gguf": "<|end|>",

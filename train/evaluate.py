@@ -9,21 +9,30 @@ reference answer; whether each answer ended on a stop token says whether the mod
 from __future__ import annotations
 
 from common import generation_tasks
-from common.generation import Generator, split_for_generation
+from common.generation import Generator, split_for_generation, torch_threads
 
 
-def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int = 16):
+def generate_answers(
+    model,
+    tokenizer,
+    prompts: list[list[dict]],
+    max_new_tokens: int,
+    batch_size: int = 16,
+    threads: int | None = 1,
+):
     """Greedy answers to chat prompts, rendered and generated as the endpoint does it: per prompt
-    `text`, `finish_reason` (stop: it ended on a stop token; length: max_new_tokens cut it) and `usage`."""
+    `text`, `finish_reason` (stop: it ended on a stop token; length: max_new_tokens cut it) and `usage`.
+    On a CPU with `threads` torch threads (`eval.torch_threads`), as the local server generates."""
     generator = Generator(model, tokenizer)
     generate = {"max_new_tokens": max_new_tokens, "do_sample": False}
     answers: list[dict] = []
-    for start in range(0, len(prompts), batch_size):
-        answers += generator.answer_batch(prompts[start : start + batch_size], generate, stop=[])
+    with torch_threads(model, threads):
+        for start in range(0, len(prompts), batch_size):
+            answers += generator.answer_batch(prompts[start : start + batch_size], generate, stop=[])
     return answers
 
 
-def exact_match_eval(model, tokenizer, conversations, n: int, max_new_tokens: int):
+def exact_match_eval(model, tokenizer, conversations, n: int, max_new_tokens: int, threads: int | None = 1):
     """Exact match of greedy answers on the first `n` held-out conversations, and the share of
     answers that end on a stop token rather than at max_new_tokens (a model that has not learnt
     to stop runs on to the limit).
@@ -35,7 +44,7 @@ def exact_match_eval(model, tokenizer, conversations, n: int, max_new_tokens: in
     if not pairs:
         return {"exact_match": 0.0, "stop_rate": 0.0}, []
     prompts, references = zip(*pairs)
-    answers = generate_answers(model, tokenizer, list(prompts), max_new_tokens)
+    answers = generate_answers(model, tokenizer, list(prompts), max_new_tokens, threads=threads)
     rows = [
         {"prompt": p[-1]["content"], "reference": r, "answer": a["text"], "finish_reason": a["finish_reason"]}
         for p, r, a in zip(prompts, references, answers)

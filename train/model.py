@@ -22,6 +22,7 @@ from transformers import (
 )
 
 from common.generation import end_of_turn_id
+from common.rendering import fix_changing_inputs
 from train.attention import VARLEN_SDPA
 from train.config import AttnImplementation, ModelDtype, PeftMethod
 from train.errors import ConfigError
@@ -140,6 +141,11 @@ def load_tokenizer(model_cfg) -> PreTrainedTokenizerBase:
             f"{model_cfg.name_or_path}: the tokenizer has no chat template; set model.chat_template to a "
             f".jinja file or a template TRL ships ({', '.join(trl_template_names())})"
         )
+    # Llama 3's template writes today's date: fixed now, so the model is trained, logged and served
+    # with one date (common.rendering).
+    tokenizer.chat_template, fixed = fix_changing_inputs(tokenizer.chat_template)
+    if fixed:
+        log.info("chat template inputs fixed for training and serving: %s", fixed)
     config = AutoConfig.from_pretrained(
         model_cfg.name_or_path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
     )

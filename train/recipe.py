@@ -20,12 +20,11 @@ Features and the keys that control them:
 - model: hub id or local directory (`model.name_or_path`), a GGUF file (`model.gguf_file`, converted
   once), attention (`model.attn_implementation`: auto = one attention per packed conversation on
   CUDA, sdpa on a CPU), dtype, a dedicated pad token.
-- data: ultrachat-style `messages` from local files or the hub (`data=...`), with an empty
-  system turn added where missing (`model.add_empty_system_turn`); preference rows for
-  `method=dpo|kto` (train/prepare/preference.py).
+- data: ultrachat-style `messages` from local files or the hub (`data=...`), rendered as given by
+  `common.rendering`, the renderer the servers use (a template's default system prompt included).
 - objective: `method=sft|dpo|kto` and `dpo.<field>` / `kto.<field>` (TRL's DPOConfig/KTOConfig);
-  the shared training arguments stay `sft.<field>`. `model.uri=models:/NAME@champion` starts from a
-  registered model.
+  the shared training arguments stay `sft.<field>`; preference rows in train/prepare/preference.py.
+  `model.uri=models:/NAME@champion` starts from a registered model.
 - adapters: `peft=none|lora|qlora|dora` and `peft.<field>`; QLoRA refuses to start
   without CUDA before loading anything; `logger.peft_save=merged|adapter`.
 - training: every TRL `SFTConfig` field as `sft.<field>` (packing, assistant_only_loss,
@@ -205,7 +204,12 @@ def answer_held_out(cfg: DictConfig, setup: Setup, when: str) -> tuple[dict[str,
     conversations = [m for m in setup.splits["test"]["messages"] if m]  # KTO: the good completions' prompts
     log.info("answering %d held-out prompts %s training", min(n, len(conversations)), when)
     scores, answers = evaluate.exact_match_eval(
-        setup.trainer.model, setup.tokenizer, conversations, n, cfg.eval.max_new_tokens
+        setup.trainer.model,
+        setup.tokenizer,
+        conversations,
+        n,
+        cfg.eval.max_new_tokens,
+        cfg.eval.torch_threads,
     )
     rows = scores.pop("held_out_rows", 0)
     scored = {f"{name}_{when}": value for name, value in scores.items()}
@@ -381,7 +385,8 @@ def _log_settings(cfg: DictConfig, setup: Setup, continued: bool) -> None:
     else:
         mlflow.log_params(tracking.flatten_params(cfg, sft_defaults()))
         mlflow.log_text(resolved, "config/resolved.yaml")
-    tracking.log_tokenizer_artifacts(setup.tokenizer, setup.output_dir / "tokenizer_info")
+    rendered = tracking.rendered_rows(setup.prepared.dir)
+    tracking.log_tokenizer_artifacts(setup.tokenizer, setup.output_dir / "tokenizer_info", rendered)
     tracking.log_prepared_data(setup.prepared)
 
 

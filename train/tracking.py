@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from transformers.integrations import MLflowCallback
 
+from common.rendering import fixed_inputs
 from train.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -240,7 +241,13 @@ def log_loss_curve(log_history: list[dict], path: Path) -> Path:
     return path
 
 
-def log_tokenizer_artifacts(tokenizer, out_dir: Path) -> None:
+RENDERED_ROWS = 32  # held-out conversations whose training ids the parity check renders again
+
+
+def log_tokenizer_artifacts(tokenizer, out_dir: Path, rendered: list[dict] | None = None) -> None:
+    """`tokenizer/`: the chat template, special tokens, fixed template inputs and `rendered.jsonl`,
+    real conversations with the ids and labels the trainer received (`rendered_rows`), which the
+    parity check renders again with the served tokenizer (deploy/registry/parity.py)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "chat_template.jinja").write_text(tokenizer.chat_template, encoding="utf-8")
     special = {
@@ -248,7 +255,33 @@ def log_tokenizer_artifacts(tokenizer, out_dir: Path) -> None:
         for name in ("bos_token", "eos_token", "pad_token", "unk_token")
     }
     (out_dir / "special_tokens.json").write_text(json.dumps(special, indent=2), encoding="utf-8")
+    # What the template was rendered with beyond the messages (Llama 3's date): the logged template
+    # carries it, this says so plainly.
+    rendering = {"fixed_inputs": fixed_inputs(tokenizer.chat_template)}
+    (out_dir / "rendering.json").write_text(json.dumps(rendering, indent=2), encoding="utf-8")
+    if rendering["fixed_inputs"]:
+        mlflow.set_tag("chat_template_fixed_inputs", json.dumps(rendering["fixed_inputs"]))
+    if rendered:
+        lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rendered)
+        (out_dir / "rendered.jsonl").write_text(lines, encoding="utf-8")
     mlflow.log_artifacts(str(out_dir), artifact_path="tokenizer")
+
+
+def rendered_rows(prepared_dir: Path, limit: int = RENDERED_ROWS) -> list[dict]:
+    """The first `limit` prepared conversations, held-out ones first, each with the `input_ids` and
+    `labels` the trainer gets for it (the .tokens.parquet beside the JSON lines)."""
+    import pyarrow.parquet as pq
+
+    rows: list[dict] = []
+    for split in ("test", "train"):
+        tokens, lines = prepared_dir / f"{split}.tokens.parquet", prepared_dir / f"{split}.jsonl"
+        if len(rows) >= limit or not tokens.is_file():
+            continue
+        with lines.open(encoding="utf-8") as f:
+            messages = [json.loads(line)["messages"] for _, line in zip(range(limit - len(rows)), f)]
+        ids = pq.read_table(tokens).slice(0, len(messages)).to_pylist()
+        rows += [{"messages": m, **row} for m, row in zip(messages, ids)]
+    return rows
 
 
 def log_prepared_data(prepared) -> None:

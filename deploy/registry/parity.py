@@ -2,9 +2,13 @@
 
 Chat-template drift between training and serving is the most-reported failure of fine-tuning
 tools (answers that never stop, a missing `<|assistant|>` tag, a BOS added twice). Before
-`python -m deploy` serves or deploys, `check()` renders probe conversations through
-- training's template and special tokens (the `tokenizer/` artifacts the recipe logged),
-- MLflow's own llm/v1/chat rendering (`convert_messages_to_prompt` + the pipeline's
+`python -m deploy` serves or deploys, `check()` compares
+- the ids the trainer received for real conversations of the run's data, held-out ones first
+  (`tokenizer/rendered.jsonl`, logged by the recipe) with the prompt the serving code renders for
+  the same messages before each reply: the training ids must start with exactly that prompt, and
+  the loss must start right after it. (A run logged without that file is compared through its
+  logged template on probe conversations instead, and the note says so.)
+- the same serving prompts with MLflow's own llm/v1/chat rendering (`convert_messages_to_prompt` + the pipeline's
   tokenisation: what `pyfunc.predict` and `mlflow models serve` feed the model),
 - the scoring code (`ChatModel`, which renders and generates with `common.generation`),
 and compares the prompt token ids, where generation stops (the token that ends an assistant
@@ -22,6 +26,8 @@ from typing import Any
 from common.generation import end_of_turn_id
 from common.payloads import generation_kwargs
 from deploy.scoring.score import ChatModel
+
+IGNORE_INDEX = -100  # the label the loss skips (transformers' convention, as in training's ids)
 
 PROBE_CONVERSATIONS = [
     [{"role": "user", "content": "Repeat: red fox"}],
@@ -55,9 +61,13 @@ class ParityError(RuntimeError):
 def training_tokenizer_info(run_artifacts_dir: str | Path) -> dict:
     """The chat template and special tokens the training run logged (`tokenizer/` artifacts)."""
     root = Path(run_artifacts_dir)
+    rendered = root / "rendered.jsonl"
     return {
         "chat_template": (root / "chat_template.jinja").read_text(encoding="utf-8"),
         "special_tokens": json.loads((root / "special_tokens.json").read_text(encoding="utf-8")),
+        "rendered": [json.loads(line) for line in rendered.read_text(encoding="utf-8").splitlines()]
+        if rendered.is_file()
+        else None,
     }
 
 
@@ -132,11 +142,17 @@ def check(chat_model: ChatModel, training: dict | None) -> list[str]:
     ]
     if problems:
         raise ParityError("training/serving parity check failed:\n  - " + "\n  - ".join(problems))
-    renderings = 3 if training is not None else 2
     notes.append(stop_note)
-    notes.append(
-        f"{len(PROBE_CONVERSATIONS)} conversations x {renderings} renderings and {len(PROBE_PARAMS)} parameter sets agree"
-    )
+    rendered = training.get("rendered") if training else None
+    if rendered:
+        replies = sum(m["role"] == "assistant" for row in rendered for m in row["messages"])
+        notes.append(
+            f"{len(rendered)} conversations of the run's data: serving renders the prompt of each of their "
+            f"{replies} replies as the ids the trainer received"
+        )
+    elif training is not None:
+        notes.append("the run logged no rendered conversations: served prompts compared with its template")
+    notes.append(f"serving prompts agree with MLflow's rendering; {len(PROBE_PARAMS)} parameter sets agree")
     return notes
 
 
@@ -153,12 +169,17 @@ def special_token_problems(tokenizer, training: dict | None) -> list[str]:
 
 
 def rendering_problems(chat_model: ChatModel, training: dict | None) -> list[str]:
-    """Each probe whose serving prompt ids differ from training's template or MLflow's rendering."""
+    """Each conversation whose serving prompt ids differ from what the trainer received (or, for a
+    run without rendered conversations, from training's template) or from MLflow's rendering."""
+    rendered = training.get("rendered") if training else None
+    problems = trained_prefix_problems(chat_model, rendered) if rendered else []
+    prompts = list(PROBE_CONVERSATIONS)
+    for row in rendered or []:
+        prompts += [row["messages"][:k] for k, m in enumerate(row["messages"]) if m["role"] == "assistant"]
     tokenizer = chat_model.tokenizer
-    problems = []
-    for i, messages in enumerate(PROBE_CONVERSATIONS):
+    for i, messages in enumerate(prompts):
         served = chat_model.prompt_ids(messages)
-        if training is not None:
+        if training is not None and not rendered and i < len(PROBE_CONVERSATIONS):
             trained = tokenizer.apply_chat_template(
                 messages,
                 chat_template=training["chat_template"],
@@ -170,8 +191,33 @@ def rendering_problems(chat_model: ChatModel, training: dict | None) -> list[str
         via_mlflow = mlflow_prompt_ids(tokenizer, messages)
         if via_mlflow != served:
             problems.append(
-                _diff(f"probe {i}: MLflow pyfunc rendering vs serving", via_mlflow, served, tokenizer)
+                _diff(f"prompt {i}: MLflow pyfunc rendering vs serving", via_mlflow, served, tokenizer)
             )
+    return problems
+
+
+def trained_prefix_problems(chat_model: ChatModel, rendered: list[dict]) -> list[str]:
+    """For each reply of each conversation training logged: the training ids must start with the
+    prompt serving renders for the messages before it, and the reply's first token must be trained."""
+    problems = []
+    for i, row in enumerate(rendered):
+        ids, labels = row["input_ids"], row["labels"]
+        for k, message in enumerate(row["messages"]):
+            if message["role"] != "assistant":
+                continue
+            served = chat_model.prompt_ids(row["messages"][:k])
+            if len(ids) <= len(served) and served[: len(ids)] == ids:
+                break  # the row was cut at max_length before this reply: nothing of it was trained
+            if ids[: len(served)] != served:
+                what = f"conversation {i} of the run's data, before messages[{k}]: training ids vs serving prompt"
+                problems.append(_diff(what, ids[: len(served)], served, chat_model.tokenizer))
+                break
+            if labels[len(served)] == IGNORE_INDEX:
+                problems.append(
+                    f"conversation {i} of the run's data: the token after the serving prompt for messages[{k}] "
+                    f"({chat_model.tokenizer.convert_ids_to_tokens(ids[len(served)])!r}) is not trained: the model "
+                    "learnt to answer after a different prompt"
+                )
     return problems
 
 

@@ -22,9 +22,14 @@ transformers 5.23, see the README's serving section):
 - a generation loop that dies (an exception in a step fails every request in flight and stops
   the manager's thread) is started again before the next request or health probe: the failure
   reaches the requests it touched (500), and everyone after is served;
-- the KV cache sized explicitly on a CPU: by default the manager takes 80-90% of the machine's
-  RAM (measured: 13 GB and no answer within 20 s for the tiny model); on a GPU its default is
-  the intended use;
+- the KV cache sized from a memory budget (`server.kv_cache_mib`; `KVCacheBudget`), never
+  max batch x the model's whole context: the manager's own default takes 80-90% of the machine's
+  RAM on a CPU (13 GB for the tiny model), and max_batch x context was 11.2 GB resident for
+  SmolLM2-135M (8,192 positions). A request that could never fit the cache is refused with a 400
+  (`check_fits`); requests that fit but not all at once wait: the manager admits new ones only
+  while blocks are free, and one starved for blocks is put back in the queue and redone;
+- at most `MAX_STEP_TOKENS` prompt tokens per step: a longer prompt is prefilled over several
+  steps, so a step's activations and attention mask stay small whatever the context;
 - health: the manager's fatal error, a full queue, and a forward pass that has run longer than
   the request timeout (forward hooks).
 
@@ -40,15 +45,61 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import math
 import time
 from collections.abc import AsyncIterator
 
 from transformers import ContinuousBatchingConfig, GenerationConfig
 
 from common.generation import Generator
+from common.payloads import BadRequest
 
 PAGE_SIZE = 64  # tokens per KV-cache block
+MAX_STEP_TOKENS = 512  # prompt tokens prefilled per generation step (longer prompts take several)
+CPU_KV_CACHE_MIB = 1024  # a CPU's default budget: 23k tokens of SmolLM2-135M in float32
+GPU_KV_CACHE_SHARE = 0.7  # a GPU's default budget: this share of the memory free after the weights
+
+
+def kv_bytes_per_token(config, dtype) -> int:
+    """Keys and values of one token in every layer: 2 x layers x kv heads x head dim x dtype size."""
+    import torch
+
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+class KVCacheBudget:
+    """How many tokens the KV cache holds, from a memory budget: `kv_cache_mib`, or by default
+    CPU_KV_CACHE_MIB on a CPU and GPU_KV_CACHE_SHARE of the free memory on a GPU."""
+
+    def __init__(self, model, kv_cache_mib: float | None = None):
+        self.per_token = kv_bytes_per_token(model.config, model.dtype)
+        if kv_cache_mib is not None:
+            self.bytes, self.source = int(kv_cache_mib * 2**20), "server.kv_cache_mib"
+        elif model.device.type == "cuda":
+            import torch
+
+            free, _ = torch.cuda.mem_get_info(model.device)
+            self.bytes, self.source = (
+                int(free * GPU_KV_CACHE_SHARE),
+                f"{GPU_KV_CACHE_SHARE:.0%} of free GPU memory",
+            )
+        else:
+            self.bytes, self.source = CPU_KV_CACHE_MIB * 2**20, "the CPU default"
+        self.blocks = self.bytes // (self.per_token * PAGE_SIZE)
+        if self.blocks < 1:
+            raise ValueError(
+                f"server.kv_cache_mib={kv_cache_mib} holds no block of {PAGE_SIZE} tokens "
+                f"({self.per_token * PAGE_SIZE / 2**20:.1f} MiB each): raise it"
+            )
+        self.tokens = self.blocks * PAGE_SIZE
+
+    def describe(self) -> str:
+        return (
+            f"KV cache {self.bytes / 2**20:g} MiB ({self.source}): {self.tokens:,} tokens in flight at "
+            f"{self.per_token / 1024:.1f} KiB a token; set server.kv_cache_mib to change it"
+        )
+
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +228,7 @@ class BatchedGenerator:
         generator: Generator,
         max_batch: int = 16,
         max_queue: int = 64,
-        kv_cache_tokens: int | None = None,
+        kv_cache_mib: float | None = None,
     ):
         self.generator = generator
         model, tokenizer = generator.model, generator.tokenizer
@@ -191,14 +242,13 @@ class BatchedGenerator:
             eos_token_id=sorted(self.eos),
             pad_token_id=tokenizer.pad_token_id,
         )
-        if kv_cache_tokens is None and model.device.type == "cpu":
-            kv_cache_tokens = max_batch * generator.context_tokens  # every running request at full length
-        cache = {}
-        if kv_cache_tokens is not None:
-            cache["num_blocks"] = math.ceil(kv_cache_tokens / PAGE_SIZE) + 1
-            cache["max_batch_tokens"] = max(512, generator.context_tokens)  # a whole prompt per step
+        self.budget = KVCacheBudget(model, kv_cache_mib)
         config = ContinuousBatchingConfig(
-            per_request_processors=True, max_requests_per_batch=max_batch, page_size=PAGE_SIZE, **cache
+            per_request_processors=True,
+            max_requests_per_batch=max_batch,
+            page_size=PAGE_SIZE,
+            num_blocks=self.budget.blocks,
+            max_batch_tokens=MAX_STEP_TOKENS,
         )
         self.manager = model.init_continuous_batching(
             generation_config=sampling, continuous_batching_config=config
@@ -229,6 +279,18 @@ class BatchedGenerator:
         self.manager.stop(block=True, timeout=5)
         for hook in self._hooks:
             hook.remove()
+
+    def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        """BadRequest (400) for a request the KV cache could not hold even alone: it would never run."""
+        if prompt_tokens + max_new_tokens > self.budget.tokens:
+            raise BadRequest(
+                f"This server's KV cache holds {self.budget.tokens} tokens; the request needs "
+                f"{prompt_tokens + max_new_tokens} ({prompt_tokens} in the messages, {max_new_tokens} in the "
+                "completion). Reduce the messages or max_tokens, or start the server with a larger "
+                "server.kv_cache_mib.",
+                param="messages",
+                code="context_length_exceeded",
+            )
 
     def reserve(self, count: int) -> Slots:
         """`count` slots for one request's jobs; QueueFull when fewer are free."""

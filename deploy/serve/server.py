@@ -79,7 +79,7 @@ def serve(
     if settings.torch_threads and chat_model.model.device.type == "cpu":
         torch.set_num_threads(settings.torch_threads)  # before the generation thread starts: it inherits this
     limits = chat_model.request_limits(limits)
-    engine = BatchedGenerator(chat_model, settings.max_batch, settings.max_queue, settings.kv_cache_tokens)
+    engine = BatchedGenerator(chat_model, settings.max_batch, settings.max_queue, settings.kv_cache_mib)
     key = endpoint_key(key_env)
     print(
         f"serving {chat_model.name} on http://{host}:{port}/v1 (OpenAI API) and /score "
@@ -88,6 +88,7 @@ def serve(
         f"bodies up to {limits.max_body_bytes} bytes; Ctrl-C stops it",
         flush=True,
     )
+    print(f"{engine.budget.describe()}; up to {settings.max_batch} requests generated together", flush=True)
     config = uvicorn.Config(
         create_app(engine, chat_model.name, key, limits, settings),
         host=host,

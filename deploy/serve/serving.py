@@ -67,9 +67,12 @@ class ChatServing:
         max_new_tokens = chat.generate["max_new_tokens"]
         generator = self.engine.generator
         # Tokenizing is bounded by the character limit, and kept off the event loop all the same.
-        return await run_in_threadpool(
+        prompts = await run_in_threadpool(
             lambda: [generator.checked_prompt_ids(c, max_new_tokens) for c in chat.conversations]
         )
+        for prompt in prompts:  # one the KV cache could never hold is a 400, not a wait forever
+            self.engine.check_fits(len(prompt), max_new_tokens)
+        return prompts
 
     def reserve(self, prompts: int) -> Slots:
         """The request's share of the slots: one per prompt, at most `max_slots_per_request` (QueueFull)."""

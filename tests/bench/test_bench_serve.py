@@ -48,6 +48,8 @@ def test_levels_with_ratios_and_the_targets_line(served, tmp_path, monkeypatch, 
         assert 0 < row["latency_p50_s"] <= row["latency_p95_s"]
         # The untrained model never stops early: every answer is max_tokens long, by the server's count.
         assert row["completion_tokens_mean"] == 5
+        # The server, found by its port: python, torch and the tiny model are well over 100 MB resident.
+        assert 0.1 < row["peak_rss_gib"] < 3
         assert row["tokens_per_s"] > 0 and row["requests_per_s"] > 0
     assert levels[1]["tokens_per_s_vs_c1"] == levels[1]["tokens_per_s_vs_sequential"] == 1
     eight = levels[8]

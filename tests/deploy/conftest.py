@@ -38,6 +38,22 @@ def training_tokenizer(model_dir: str):
     return load_tokenizer(OmegaConf.structured(ModelConfig(model_dir, "tiny")))
 
 
+def rendered_sample(tokenizer, rows: int = 8) -> list[dict]:
+    """The bundled held-out conversations with the ids and labels data preparation gives the trainer
+    (what the recipe logs as tokenizer/rendered.jsonl)."""
+    import json
+
+    from common.paths import PROJECT_ROOT
+    from train.prepare import ChatTokenizer
+
+    lines = (PROJECT_ROOT / "train" / "assets" / "sample_test.jsonl").read_text(encoding="utf-8").splitlines()
+    conversations = [json.loads(line)["messages"] for line in lines[:rows]]
+    encoded = ChatTokenizer(tokenizer).encode(conversations)
+    return [
+        {"messages": m, "input_ids": e.input_ids, "labels": e.labels} for m, e in zip(conversations, encoded)
+    ]
+
+
 def log_model(
     tmp_path,
     model_dir: str,
@@ -57,6 +73,7 @@ def log_model(
 
     tokenizer = tokenizer or training_tokenizer(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
+    rendered = rendered_sample(tokenizer)
     uri = tracking_uri or f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(uri)
     try:
@@ -65,7 +82,9 @@ def log_model(
         artifacts = None if tracking_uri else (tmp_path / "artifacts").as_uri()
         experiment = mlflow.create_experiment(f"deploy-tests-{name}", artifact_location=artifacts)
         with mlflow.start_run(experiment_id=experiment) as run:
-            tracking.log_tokenizer_artifacts(tokenizer, tmp_path / f"tokenizer_info_{run.info.run_id}")
+            tracking.log_tokenizer_artifacts(
+                tokenizer, tmp_path / f"tokenizer_info_{run.info.run_id}", rendered
+            )
             version = tracking.log_chat_model(
                 model,
                 served_tokenizer or tokenizer,

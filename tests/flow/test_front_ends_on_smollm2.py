@@ -28,8 +28,8 @@ def served_smollm2(smollm2, tmp_path_factory):
 
     uri = register_tiny_model(tmp_path_factory.mktemp("mlflow"), MODEL_NAME, model_dir=smollm2)
     env = {"MLFLOW_TRACKING_URI": uri, "FINETUNE_PHI_ENDPOINT_KEY": KEY}
-    # The default KV cache (16 x its 8k context) takes gigabytes; a shared machine OOM-killed it.
-    small_cache = ("target.server.kv_cache_tokens=16384",)
+    # A small KV budget (16k tokens of SmolLM2 in float32) on the shared machine; the default is 1024 MiB.
+    small_cache = ("target.server.kv_cache_mib=720",)
     with serve_in_background(f"models:/{MODEL_NAME}/1", env=env, overrides=small_cache) as base_url:
         yield base_url
 

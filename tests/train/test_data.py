@@ -11,11 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 from trl import SFTTrainer
 
+from common.rendering import as_rendered
 from train import model
 from train.data import load_splits, prepare_for
 from train.prepare import ChatTokenizer, DataError, preview
 from train.prepare.cli import prepare_and_report
-from train.prepare.tokens import IGNORE_INDEX, MARGIN_TOKENS, with_system_turn
+from train.prepare.tokens import IGNORE_INDEX, MARGIN_TOKENS
 from train.recipe import sft_args
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -107,11 +108,11 @@ def test_batched_tokenization_equals_trl_own_preparation(compose_train, tmp_path
         f"sft.assistant_only_loss={assistant_only_loss}",
         "sft.eval_strategy=no",
     )
-    ours = ChatTokenizer(tokenizer, assistant_only_loss, True).encode([r["messages"] for r in rows])
+    ours = ChatTokenizer(tokenizer, assistant_only_loss).encode([r["messages"] for r in rows])
 
     from datasets import Dataset
 
-    raw = Dataset.from_list([{"messages": with_system_turn(r["messages"])} for r in rows])
+    raw = Dataset.from_list([{"messages": as_rendered(tokenizer, r["messages"])} for r in rows])
     args = sft_args(cfg)
     args.assistant_only_loss = assistant_only_loss  # TRL's own masking (the recipe hands it labels)
     trainer = SFTTrainer(

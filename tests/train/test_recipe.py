@@ -66,6 +66,8 @@ def test_mlflow_run_has_params_metrics_and_artifacts(trained):
         "config/resolved.yaml",
         "tokenizer/chat_template.jinja",
         "tokenizer/special_tokens.json",
+        "tokenizer/rendering.json",
+        "tokenizer/rendered.jsonl",  # the trainer's ids for held-out conversations: the parity check's input
         "loss_curve.png",
         "eval/answers.json",
     } <= artifacts

@@ -255,12 +255,15 @@ def test_model_chat_template_takes_a_file_or_a_trl_name(tmp_path, chat_family):
         model.load_tokenizer(model_cfg(path, chat_template="qwen9"))
 
 
-def test_preparation_is_keyed_by_what_the_template_renders_today(chat_family, monkeypatch):
-    """Llama 3.2's template writes today's date: a new day prepares anew instead of reusing ids
-    rendered with another date."""
+def test_preparation_is_keyed_by_the_date_training_fixed_in_the_template(chat_family, monkeypatch):
+    """Llama 3.2's template writes today's date: training fixes it when the tokenizer loads
+    (common.rendering), so a run started on a new day prepares anew instead of reusing ids
+    rendered with another date, and the day does not change under a running training."""
     from datetime import datetime
 
     import transformers.utils.chat_template_utils as jinja_env
+
+    import common.rendering
 
     tokenizer = model.load_tokenizer(model_cfg(chat_family("llama3_2")))
     today = ChatTokenizer(tokenizer).fingerprint()
@@ -270,5 +273,11 @@ def test_preparation_is_keyed_by_what_the_template_renders_today(chat_family, mo
         def now(cls, tz=None):
             return datetime(2030, 1, 1)
 
+        @classmethod
+        def today(cls):
+            return datetime(2030, 1, 1)
+
     monkeypatch.setattr(jinja_env, "datetime", Tomorrow)  # what the template's strftime_now reads
-    assert ChatTokenizer(tokenizer).fingerprint() != today
+    assert ChatTokenizer(tokenizer).fingerprint() == today  # the loaded tokenizer keeps its date
+    monkeypatch.setattr(common.rendering, "date", Tomorrow)  # what a run started then would fix
+    assert ChatTokenizer(model.load_tokenizer(model_cfg(chat_family("llama3_2")))).fingerprint() != today

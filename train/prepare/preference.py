@@ -33,7 +33,7 @@ from train.config import Objective, OnError
 from train.prepare.formats import RowError, _from_turns, _require_object, _text
 from train.prepare.pipeline import SKIP_HINT, _write_jsonl, split
 from train.prepare.sources import DataError, OpenedSource
-from train.prepare.tokens import ChatTokenizer, with_system_turn
+from train.prepare.tokens import ChatTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -158,15 +158,14 @@ def prepare_preferences(
     seed: int,
     tokenizer: ChatTokenizer | None,
     max_length: int | None,
-    add_empty_system_turn: bool = True,
     eval_source: OpenedSource | None = None,
 ) -> PreferenceStats:
     """Validate, check against the chat template, split and write preference rows (see the module)."""
     stats = PreferenceStats(objective=str(objective), max_length=max_length)
     rejects: list[dict] = []
-    parts = {"train": _read(opened, objective, on_error, stats, rejects, add_empty_system_turn)}
+    parts = {"train": _read(opened, objective, on_error, stats, rejects)}
     if eval_source is not None:
-        parts["test"] = _read(eval_source, objective, on_error, stats, rejects, add_empty_system_turn)
+        parts["test"] = _read(eval_source, objective, on_error, stats, rejects)
     if tokenizer is not None:
         parts = {
             name: _checked(rows, tokenizer, max_length, on_error, stats, rejects)
@@ -212,7 +211,8 @@ def _preferred(row: dict) -> list[dict]:
     return row["prompt"] + row["completion"] if row["label"] else []
 
 
-def _read(source, objective, on_error, stats, rejects, add_empty_system_turn) -> list[_Row]:
+def _read(source, objective, on_error, stats, rejects) -> list[_Row]:
+    # Rows are rendered as given, as SFT rows and served prompts are (common/rendering.py).
     rows, read = [], 0
     for raw in source.rows():
         read += 1
@@ -228,8 +228,6 @@ def _read(source, objective, on_error, stats, rejects, add_empty_system_turn) ->
             continue
         stats.formats[fmt] = stats.formats.get(fmt, 0) + 1
         for row in converted:
-            if add_empty_system_turn:  # as SFT renders it, so inference sees the same prompt
-                row["prompt"] = with_system_turn(row["prompt"])
             rows.append(_Row({"source": raw.path, raw.unit: raw.number}, row))
     if not read:
         raise DataError(f"{source.label}: no rows to prepare (the data is empty)")

@@ -32,6 +32,7 @@ from functools import cached_property
 from typing import Any
 
 from common.generation import end_of_turn_id, longest_token_chars
+from common.rendering import as_rendered, empty_system_turn_is_nothing, render_text
 from train.errors import ConfigError
 from train.prepare.formats import Messages
 
@@ -47,13 +48,6 @@ PROBE = [
     {"role": "user", "content": "And after that?"},
     {"role": "assistant", "content": "Wednesday"},
 ]
-
-
-def with_system_turn(messages: Messages) -> Messages:
-    """Phi-3's recipe starts every conversation with a system turn; an empty one renders as nothing."""
-    if messages and messages[0]["role"] != "system":
-        return [{"role": "system", "content": ""}, *messages]
-    return messages
 
 
 def clip_messages(messages: Messages, chars: int) -> tuple[Messages, bool]:
@@ -80,7 +74,6 @@ class ChatTokenizer:
 
     tokenizer: Any
     assistant_only_loss: bool = True
-    add_empty_system_turn: bool = True
 
     @property
     def name(self) -> str:
@@ -169,7 +162,7 @@ class ChatTokenizer:
             if hasattr(tok, "backend_tokenizer")
             else tok.name_or_path,
             "assistant_only_loss": self.assistant_only_loss,
-            "add_empty_system_turn": self.add_empty_system_turn,
+            "empty_system_turn": empty_system_turn_is_nothing(tok, self.training_template),
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -199,17 +192,13 @@ class ChatTokenizer:
     # -- rendering ---------------------------------------------------------------------------------
 
     def _as_rendered(self, messages: Messages) -> Messages:
-        """The conversation as rendered (messages are named by their index in the row, without it)."""
-        return with_system_turn(messages) if self.add_empty_system_turn else messages
+        """The conversation as the serving side renders it too (common.rendering); messages are named
+        by their index in the row, without an empty system turn added."""
+        return as_rendered(self.tokenizer, messages, self.training_template)
 
     def _render_one(self, messages: Messages, generation_prompt: bool = False, tokenize: bool = False):
-        return self.tokenizer.apply_chat_template(
-            self._as_rendered(messages),
-            chat_template=self.training_template,
-            tokenize=tokenize,
-            add_generation_prompt=generation_prompt,
-            **({"return_dict": False} if tokenize else {}),
-        )
+        text = render_text(self.tokenizer, messages, self.training_template, generation_prompt)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if tokenize else text
 
     def _render(self, batch: list[Messages]) -> list[tuple[str | None, Any]]:
         """(text, trained character spans) per conversation, or (None, problem)."""

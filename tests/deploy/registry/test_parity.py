@@ -11,7 +11,7 @@ from deploy.registry import find as registry
 from deploy.registry import parity
 from deploy.registry.load import load_checked_model
 from deploy.scoring.score import ChatModel
-from tests.deploy.conftest import log_model, training_tokenizer
+from tests.deploy.conftest import log_model, rendered_sample, training_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,10 @@ def test_check_passes_on_the_model_training_logged(chat_model, training):
     notes = parity.check(chat_model, training)
     assert any("stop at '<|end|>'" in n for n in notes)
     assert any("agree" in n for n in notes)
+    assert (
+        "8 conversations of the run's data: serving renders the prompt of each of their 8 replies"
+        in notes[-2]
+    )
 
 
 def test_mlflow_pyfunc_feeds_the_model_the_ids_training_renders(tracking, chat_model):
@@ -85,7 +89,9 @@ def test_template_drift_blocks_the_deploy(registered, tmp_path):
     try:
         cfg = deploy_cfg(drifted, name="drifted")
         with pytest.raises(
-            parity.ParityError, match="training template vs serving: token ids differ at position"
+            parity.ParityError,
+            match=r"conversation 0 of the run's data, before messages\[2\]: training ids vs serving prompt: "
+            "token ids differ at position",
         ):
             load_checked_model(
                 registry.resolve(cfg.model, mlflow.MlflowClient(), "unused", False),
@@ -160,3 +166,20 @@ def test_a_training_run_that_cannot_be_read_stops_the_deploy_instead_of_skipping
     assert "tokenizer artifacts could not be read" in refused.stderr
     assert unreachable.split("/api")[0].removeprefix("http://") in refused.stderr  # the cause, named
     assert "parity.check=false" in refused.stderr and "serving" not in refused.stdout
+
+
+def test_a_system_turn_training_added_and_serving_did_not_is_caught(chat_family):
+    """The skew of a blanket empty system turn under ChatML (SmolLM2's template): training rendered
+    an empty `<|im_start|>system` block, serving the template's default system prompt."""
+    from common.generation import Generator
+    from train.prepare import ChatTokenizer
+
+    tokenizer = training_tokenizer(chat_family("smollm2"))
+    rows = rendered_sample(tokenizer)
+    assert parity.trained_prefix_problems(Generator(None, tokenizer), rows) == []
+    empty = {"role": "system", "content": ""}
+    added = [r["messages"] if r["messages"][0]["role"] == "system" else [empty, *r["messages"]] for r in rows]
+    skewed = [{**r, **vars(e)} for r, e in zip(rows, ChatTokenizer(tokenizer).encode(added))]
+    problems = parity.trained_prefix_problems(Generator(None, tokenizer), skewed)
+    assert len(problems) == sum(r["messages"][0]["role"] != "system" for r in rows) > 0
+    assert "training ids vs serving prompt: token ids differ at position" in problems[0]

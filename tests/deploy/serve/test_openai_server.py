@@ -604,3 +604,36 @@ def test_a_request_with_many_prompts_takes_only_its_share_of_the_slots(
         finally:
             for connection in streams:
                 connection.close()
+
+
+def test_the_kv_cache_is_sized_by_its_budget_and_a_request_it_cannot_hold_is_a_400(
+    registered, tmp_path_factory
+):
+    """0.25 MiB holds 256 tokens of the tiny model (1 KiB a token): a request within the context (512)
+    but beyond the cache is refused at once, naming the setting; concurrent ones that fit are served."""
+    served, log_path = start(
+        registered, tmp_path_factory, "target.server.kv_cache_mib=0.25", "parity.check=false"
+    )
+    with served as url:
+        server = Served(url, log_path)
+        assert (
+            "KV cache 0.25 MiB (server.kv_cache_mib): 256 tokens in flight at 1.0 KiB a token"
+            in log_path.read_text()
+        )
+        with pytest.raises(openai.BadRequestError) as refused:
+            server.client().chat.completions.create(model=server.model, messages=MESSAGES, max_tokens=300)
+        assert refused.value.code == "context_length_exceeded"
+        assert (
+            "KV cache holds 256 tokens" in refused.value.message
+            and "server.kv_cache_mib" in refused.value.message
+        )
+
+        def ask(_):  # four requests of ~100 tokens each: more than the cache holds at once, so some wait
+            client = server.client()
+            return client.chat.completions.create(
+                model=server.model, messages=MESSAGES, max_tokens=80, temperature=0
+            )
+
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(ask, range(4)))
+        assert [a.usage.completion_tokens for a in answers] == [80] * 4
