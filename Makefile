@@ -20,7 +20,7 @@ setup: $(VENV)/.installed ## create .venv and install the project with the pinne
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q uv==$(UV_VERSION)
-	$(VENV)/bin/uv pip install --compile-bytecode --python $(PY) -c constraints.txt $(FIND_LINKS) -e ".[dev]"
+	$(VENV)/bin/uv pip install --compile-bytecode --python $(PY) -c constraints.txt $(FIND_LINKS) -e ".[dev,export]"
 	$(VENV)/bin/uv pip check --python $(PY)
 	@touch $@
 
@@ -30,7 +30,10 @@ demo: setup ## fine-tune the tiny offline model on the bundled data and register
 e2e: setup ## train + register the tiny model, serve it locally, ask the chat flow a question, stop
 	$(PY) -m e2e
 
-test: setup ## run every test that can run here (GPU tests are skipped without CUDA)
+llama-cpp: setup ## build llama-cpp-python (llama.cpp, CPU) once into a wheel cached in $FINETUNE_PHI_CACHE; install it
+	nice -n 10 bash deploy/export/build_llama_cpp.sh $(PY)
+
+test: setup llama-cpp ## run every test that can run here (GPU tests are skipped without CUDA)
 	$(PY) -m pytest
 
 lint: setup ## ruff: lint and format check
@@ -45,12 +48,14 @@ constraints: ## re-resolve constraints.txt after changing pyproject.toml (UPGRAD
 	@# Start from the current pins so only what the change needs moves; torch's CUDA-only
 	@# dependencies stay out, as torch pins them itself. Needs only uv, not a working setup.
 	@test -x $(VENV)/bin/uv || { python3 -m venv $(VENV) && $(PY) -m pip install -q uv==$(UV_VERSION); }
+	@# The header is kept aside first: `{ ...; } > constraints.txt` empties the file before it is read.
+	@sed -n '/^#/p' constraints.txt > constraints.header
 	@grep -v '^#' constraints.txt > constraints.new
-	$(VENV)/bin/uv pip compile pyproject.toml --extra dev $(FIND_LINKS) --python-version 3.11 \
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra export $(FIND_LINKS) --python-version 3.11 \
 		--no-header --no-annotate -o constraints.new $(UPGRADE)
-	@{ sed -n '/^#/p' constraints.txt; grep -v '^#' constraints.new | grep -vE '^(cuda-|nvidia-|triton==)' \
+	@{ cat constraints.header; grep -v '^#' constraints.new | grep -vE '^(cuda-|nvidia-|triton==)' \
 		| sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.txt
-	@rm constraints.new
+	@rm constraints.new constraints.header
 
 gpu-kit: ## download the wheels bench-gpu installs on a bare CUDA box into .whl/ (bench/gpu_kit.txt, ~20 MiB)
 	bash bench/gpu_kit.sh

@@ -6,10 +6,13 @@ python -m deploy target=azureml action=status
 python -m deploy action=chat model.version=2
 python -m deploy action=evaluate model.version=2
 python -m deploy action=promote model.version=2   # exit status 1 when the gate refuses
+python -m deploy action=export format=gguf model.version=2   # exit 1 when the parity gate refuses
 
 Each (target, action) is one function of the room that owns it (ACTIONS), given the composed
 config (conf/deploy/) once.
 """
+
+import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -25,6 +28,8 @@ from deploy.evaluate.evaluate import run_evaluate
 from deploy.evaluate.gate import GateError, PromotionRefused
 from deploy.evaluate.lm_eval_tasks import TaskError
 from deploy.evaluate.promote import run_promote
+from deploy.export.action import run_export
+from deploy.export.errors import ExportRefused, ExportSetupError
 from deploy.registry.find import ModelNotFound
 from deploy.registry.parity import ParityError
 from deploy.serve.chat import run_chat
@@ -37,6 +42,7 @@ ACTIONS = {
     ("local", Action.chat): run_chat,
     ("local", Action.evaluate): run_evaluate,
     ("local", Action.promote): run_promote,
+    ("local", Action.export): run_export,
     ("azureml", Action.deploy): run_deploy,
     ("azureml", Action.status): run_status,
     ("azureml", Action.teardown): run_teardown,
@@ -57,6 +63,7 @@ USER_ERRORS = (
     GateError,
     PromotionRefused,
     TaskError,
+    ExportRefused,
 )
 
 register_configs()
@@ -80,6 +87,9 @@ def main(cfg: DictConfig) -> None:
         run(cfg)
     except USER_ERRORS as e:
         raise SystemExit(f"deploy: {e}") from None
+    except ExportSetupError as e:  # a tool to install or a setting to fix: a usage error
+        print(f"deploy: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
