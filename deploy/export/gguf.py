@@ -15,7 +15,8 @@ from pathlib import Path
 
 from common.paths import cache_dir
 from deploy.export.errors import ExportRefused, ExportSetupError
-from deploy.export.onnx import run_tool
+from deploy.export.files import read_json
+from deploy.export.onnx import linked_copy, run_tool
 from deploy.export.source import Source
 
 LLAMA_CPP_PYTHON = "0.3.36"  # deploy/export/build_llama_cpp.sh builds this version
@@ -44,11 +45,23 @@ def export_gguf(source: Source, out_file: Path, precision: str, work: Path) -> P
     out_file.parent.mkdir(parents=True, exist_ok=True)
     converted = out_file if precision in CONVERTER_TYPES else work / "f16.gguf"
     outtype = precision if precision in CONVERTER_TYPES else "f16"
-    command = [sys.executable, str(converter()), str(source.merged_dir), "--outfile", str(converted)]
+    model_dir = converter_input(source.merged_dir, work / "converter-input")
+    command = [sys.executable, str(converter()), str(model_dir), "--outfile", str(converted)]
     run_tool([*command, "--outtype", outtype], "llama.cpp's convert_hf_to_gguf.py")
     if precision in QUANTIZER_TYPES:
         quantize(converted, out_file, QUANTIZER_TYPES[precision])
     return out_file
+
+
+def converter_input(model_dir: Path, staging: Path) -> Path:
+    """`model_dir` as llama.cpp's converter can read it. Its Phi-3 converter takes a BPE tokenizer only
+    when tokenizer_config.json names `GPT2Tokenizer` (else it wants SentencePiece's tokenizer.model);
+    transformers 5 writes `TokenizersBackend` there. A byte-level BPE tokenizer is named for it."""
+    tokenizer_config = read_json(model_dir / "tokenizer_config.json")
+    bpe = read_json(model_dir / "tokenizer.json").get("model", {}).get("type") == "BPE"
+    if bpe and not (model_dir / "tokenizer.model").exists():
+        tokenizer_config["tokenizer_class"] = "GPT2Tokenizer"
+    return linked_copy(model_dir, staging, {"tokenizer_config.json": tokenizer_config})
 
 
 def quantize(source: Path, target: Path, ftype: str) -> None:

@@ -46,12 +46,19 @@ def copy_dict(value: dict) -> dict:
 
 def builder_input(model_dir: Path, staging: Path) -> Path:
     """A copy of `model_dir` (files linked) whose config.json the builder can read."""
+    return linked_copy(
+        model_dir, staging, {"config.json": builder_config(read_json(model_dir / "config.json"))}
+    )
+
+
+def linked_copy(model_dir: Path, staging: Path, rewritten: dict[str, dict]) -> Path:
+    """`model_dir` as links in `staging`, but for the JSON files `rewritten` (name -> content)."""
     staging.mkdir(parents=True, exist_ok=True)
     for path in model_dir.iterdir():
-        if path.name != "config.json" and not (staging / path.name).exists():
+        if path.name not in rewritten and not (staging / path.name).exists():
             os.symlink(path.resolve(), staging / path.name)
-    config = builder_config(read_json(model_dir / "config.json"))
-    (staging / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    for name, content in rewritten.items():
+        (staging / name).write_text(json.dumps(content, indent=2, ensure_ascii=False), encoding="utf-8")
     return staging
 
 

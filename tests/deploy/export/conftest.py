@@ -63,3 +63,9 @@ def onnx_builder(model_dir: Path, out_dir: Path) -> Path:
     tokenizer_config["chat_template"] = (model_dir / "chat_template.jinja").read_text()
     (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     return out_dir
+
+
+@pytest.fixture(scope="session")
+def smollm2_registered(tmp_path_factory, smollm2) -> Registered:
+    """SmolLM2-135M-Instruct (the real model of conf/model/smollm2.yaml) registered as `smollm2` v1."""
+    return log_model(tmp_path_factory.mktemp("registered-smollm2"), smollm2, name="smollm2")

@@ -64,3 +64,11 @@ def test_an_export_without_its_tokenizer_is_refused_before_the_runtime_loads_it(
     assert done.returncode == 1
     assert f"{export}/tokenizer.json" in done.stderr.strip().splitlines()[-1]
     assert "gating" not in done.stdout  # refused before onnxruntime-genai loads it
+
+
+def test_the_real_smollm2_exported_as_onnx_fp32_answers_token_for_token(smollm2_registered, tmp_path):
+    args = export_args(smollm2_registered, tmp_path, "format=onnx", "export.max_rows=8", "export.log=false")
+    done = run_module("deploy", *args)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "PASSED (exact rules)" in done.stdout
+    assert "0 answers diverge" in done.stdout
