@@ -158,12 +158,14 @@ LONGROPE = {
     "rope_type": "longrope",
     "short_factor": [1.0, 1.05, 1.1, 1.29, 1.82, 2.02, 2.03, 2.84],
     "long_factor": [1.08, 1.59, 4.79, 17.67, 32.59, 57.55, 63.14, 64.84],
-    "original_max_position_embeddings": 128,
+    # 256, not less: llama.cpp rounds the context it allocates up to a multiple of 256, and a
+    # context above the switch selects the long factors even for a short prompt.
+    "original_max_position_embeddings": 256,
 }
 
 
 def build_tiny_longrope(out_dir: Path, tokenizer=None, stop_tokens: list[str] | None = None) -> Path:
-    """A tiny random Phi3ForCausalLM with Phi-3.5's LongRoPE (LONGROPE: short factors up to 128
+    """A tiny random Phi3ForCausalLM with Phi-3.5's LongRoPE (LONGROPE: short factors up to 256
     positions, long ones to 512), with the tiny default's tokenizer and stops, or `tokenizer`'s own
     (SmolLM2's, which llama.cpp's converter knows) stopping at its `stop_tokens`."""
     from transformers import Phi3Config, Phi3ForCausalLM

@@ -18,7 +18,7 @@ HELD_OUT = str(PROJECT_ROOT / "train" / "assets" / "sample_test.jsonl")
 
 @pytest.fixture(scope="session")
 def tiny_longrope(tmp_path_factory, tiny_cache) -> Registered:
-    """tests/tiny_families.py's LongRoPE model (short factors to 128 positions), registered as
+    """tests/tiny_families.py's LongRoPE model (short factors to 256 positions), registered as
     `tiny-longrope` version 1 by the recipe's logging code."""
     from tests.tiny_families import build_tiny_longrope
 
@@ -69,3 +69,36 @@ def onnx_builder(model_dir: Path, out_dir: Path) -> Path:
 def smollm2_registered(tmp_path_factory, smollm2) -> Registered:
     """SmolLM2-135M-Instruct (the real model of conf/model/smollm2.yaml) registered as `smollm2` v1."""
     return log_model(tmp_path_factory.mktemp("registered-smollm2"), smollm2, name="smollm2")
+
+
+@pytest.fixture(scope="session")
+def tiny_longrope_smollm2_tokenizer(tmp_path_factory, smollm2) -> Registered:
+    """The tiny LongRoPE model with SmolLM2's tokenizer (a vocabulary llama.cpp's converter knows) and
+    its stop (<|im_end|>), registered as `tiny-longrope-smol` version 1."""
+    from transformers import AutoTokenizer
+
+    from tests.tiny_families import build_tiny_longrope
+
+    out = tmp_path_factory.mktemp("tiny-longrope-smol") / "model"
+    model_dir = build_tiny_longrope(out, AutoTokenizer.from_pretrained(smollm2), ["<|im_end|>"])
+    return log_model(tmp_path_factory.mktemp("registered-smol"), str(model_dir), name="tiny-longrope-smol")
+
+
+def gguf_converter(model_dir: Path, out_file: Path) -> Path:
+    """llama.cpp's convert_hf_to_gguf.py run by hand (F16), as a user would outside the project."""
+    from deploy.export.gguf import converter
+
+    config = json.loads((model_dir / "tokenizer_config.json").read_text())
+    config["tokenizer_class"] = "GPT2Tokenizer"  # its Phi-3 path reads a BPE vocabulary only so
+    (model_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    command = [
+        sys.executable,
+        str(converter()),
+        str(model_dir),
+        "--outfile",
+        str(out_file),
+        "--outtype",
+        "f16",
+    ]
+    subprocess.run(command, check=True, capture_output=True)
+    return out_file
