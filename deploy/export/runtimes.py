@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from deploy.export.errors import ExportRefused
 from deploy.export.gguf import import_llama_cpp
 
 
@@ -55,9 +56,17 @@ class LlamaCpp:
     def llama(self, n_ctx: int):
         if n_ctx not in self.loaded:
             self.loaded.clear()  # one context at a time
-            self.loaded[n_ctx] = self.llama_cpp.Llama(
-                model_path=str(self.path), n_ctx=n_ctx, n_threads=2, n_batch=512, verbose=False
+            # One thread: llama.cpp's threads spin while they wait for each other, and on a shared
+            # machine two took about 30 s per 32-token answer of a 14 MB model.
+            llama = self.llama_cpp.Llama(
+                model_path=str(self.path), n_ctx=n_ctx, n_threads=1, n_batch=512, verbose=False
             )
+            if self.switch and n_ctx <= self.switch < llama.n_ctx():
+                raise ExportRefused(
+                    f"llama.cpp allocates {llama.n_ctx()} positions when asked for {n_ctx} (a multiple of 256), "
+                    f"past the LongRoPE switch at {self.switch}: it would answer every prompt with the long factors"
+                )
+            self.loaded[n_ctx] = llama
         return self.loaded[n_ctx]
 
     def context_for(self, tokens: int) -> int:
