@@ -37,6 +37,14 @@ def compose_deploy(overrides: list[str]):
         return compose("deploy", overrides=overrides)
 
 
+def model_overrides(model: str) -> list[str]:
+    """models:/NAME/VERSION as model.name and model.version (the export folder and tags name it); else model.uri."""
+    parts = model.removeprefix("models:/").split("/")
+    if model.startswith("models:/") and len(parts) == 2 and parts[1].isdigit():
+        return [f"model.name={parts[0]}", f"model.version={parts[1]}"]
+    return [f"model.uri={model}"]
+
+
 def export_row(model: str, tracking_uri: str, source: str | None, fmt: str, precision: str, args) -> dict:
     from deploy.export.action import run_export
     from deploy.export.errors import ExportRefused
@@ -45,7 +53,7 @@ def export_row(model: str, tracking_uri: str, source: str | None, fmt: str, prec
         "action=export",
         f"format={fmt}",
         f"export.precision={precision}",
-        f"model.uri={model}",
+        *model_overrides(model),
         f"tracking_uri={tracking_uri}",
         f"export.max_rows={args.max_rows}",
         f"export.max_new_tokens={args.max_new_tokens}",
