@@ -26,7 +26,7 @@ setup: $(VENV)/.installed ## create .venv and install the project with the pinne
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q uv==$(UV_VERSION)
-	$(VENV)/bin/uv pip install --compile-bytecode --python $(PY) -c constraints.txt $(FIND_LINKS) -e ".[dev]"
+	$(VENV)/bin/uv pip install --compile-bytecode --python $(PY) -c constraints.txt $(FIND_LINKS) -e ".[dev,export]"
 	$(VENV)/bin/uv pip check --python $(PY)
 	@touch $@
 
@@ -70,7 +70,10 @@ chat: setup ## chat with MODEL (@champion, else its latest version) in the termi
 models: setup ## list registered models: versions, aliases and their eval.* scores
 	$(PY) -m deploy action=list
 
-test: setup agent-setup ## run every test that can run here (GPU tests are skipped without CUDA)
+llama-cpp: setup ## build llama-cpp-python (llama.cpp, CPU) once into a wheel in the project cache; install it
+	nice -n 10 bash deploy/export/build_llama_cpp.sh $(PY)
+
+test: setup agent-setup llama-cpp ## run every test that can run here (GPU tests are skipped without CUDA)
 	$(PY) -m pytest
 
 lint: setup ## ruff: lint and format check
@@ -86,7 +89,7 @@ constraints: ## re-resolve constraints.txt after changing pyproject.toml (UPGRAD
 	@# dependencies stay out, as torch pins them itself. Needs only uv, not a working setup.
 	@test -x $(VENV)/bin/uv || { python3 -m venv $(VENV) && $(PY) -m pip install -q uv==$(UV_VERSION); }
 	@grep -v '^#' constraints.txt > constraints.new
-	$(VENV)/bin/uv pip compile pyproject.toml --extra dev $(FIND_LINKS) --python-version 3.11 \
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --extra export $(FIND_LINKS) --python-version 3.11 \
 		--no-header --no-annotate -o constraints.new $(UPGRADE)
 	@{ sed -n '/^#/p' constraints.txt; grep -v '^#' constraints.new | grep -vE '^(cuda-|nvidia-|triton==)' \
 		| sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > constraints.tmp
@@ -102,4 +105,4 @@ bench-gpu: ## on a CUDA box with .whl/: install it offline, run the Phi-3-mini/3
 clean-outputs: ## delete local runs and the local MLflow store (asks first)
 	@read -p "Delete ./outputs (all local runs and registered models)? [y/N] " a && [ "$$a" = y ] && rm -rf outputs
 
-.PHONY: help setup agent-setup agent-constraints smollm2 demo e2e serve chat models test lint format constraints gpu-kit bench-gpu clean-outputs
+.PHONY: help setup agent-setup agent-constraints smollm2 llama-cpp demo e2e serve chat models test lint format constraints gpu-kit bench-gpu clean-outputs

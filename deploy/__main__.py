@@ -7,6 +7,7 @@ python -m deploy action=chat model.version=2
 python -m deploy action=list                    # registered models, versions, aliases, eval.* tags
 python -m deploy action=evaluate model.version=2
 python -m deploy action=promote model.version=2   # exit status 1 when the gate refuses
+python -m deploy action=export format=gguf model.version=2   # exit 1 when the parity gate refuses
 
 Each (target, action) is one function of the room that owns it (ACTIONS), given the composed
 config (conf/deploy/) once.
@@ -27,6 +28,8 @@ from deploy.evaluate.evaluate import run_evaluate
 from deploy.evaluate.gate import GateError, PromotionRefused
 from deploy.evaluate.lm_eval_tasks import TaskError
 from deploy.evaluate.promote import run_promote
+from deploy.export.action import run_export
+from deploy.export.errors import ExportRefused, ExportSetupError
 from deploy.registry.find import ModelNotFound
 from deploy.registry.listing import run_list
 from deploy.registry.parity import ParityError
@@ -41,6 +44,7 @@ ACTIONS = {
     ("local", Action.evaluate): run_evaluate,
     ("local", Action.promote): run_promote,
     ("local", Action.list): run_list,
+    ("local", Action.export): run_export,
     ("azureml", Action.deploy): run_deploy,
     ("azureml", Action.status): run_status,
     ("azureml", Action.teardown): run_teardown,
@@ -60,10 +64,11 @@ USER_ERRORS = (
     EvaluationError,
     GateError,
     TaskError,
+    ExportSetupError,
 )
-# A gate said no (the promotion gate), or a deployment did not go through (the blue/green
+# A gate said no (the promotion gate, an export's parity gate), or a deployment did not go through (the blue/green
 # gate refused it, or Azure did; the message says what state things were left in): status 1.
-REFUSALS = (PromotionRefused, DeployError)
+REFUSALS = (PromotionRefused, DeployError, ExportRefused)
 
 register_configs()
 if not OmegaConf.has_resolver("project_root"):

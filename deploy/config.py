@@ -28,6 +28,12 @@ class Action(enum.StrEnum):
     evaluate = "evaluate"  # answer the held-out set, log an evaluation run, tag the version
     list = "list"  # registered models, their versions, aliases and eval.* tags
     promote = "promote"  # move the gate.alias to model.version if it is within tolerance of the holder
+    export = "export"  # ONNX Runtime GenAI or GGUF, gated on parity with the MLflow model
+
+
+class ExportFormat(enum.StrEnum):
+    onnx = "onnx"  # ONNX Runtime GenAI (its model builder)
+    gguf = "gguf"  # llama.cpp (its convert_hf_to_gguf.py and quantizer)
 
 
 class AuthMode(enum.StrEnum):  # Azure ML managed online endpoint auth modes
@@ -112,6 +118,24 @@ class GateSettings:
     tasks_tolerance: float | None = 0.05
     azure: bool = True
     azure_rows: int = 32
+
+
+@dataclass
+class ExportSettings:
+    """action=export (values and comments: conf/deploy/deploy.yaml)."""
+
+    precision: str | None = None
+    execution_provider: str = "cpu"
+    output_dir: str | None = None
+    from_path: str | None = None
+    max_rows: int | None = 16
+    max_new_tokens: int = 32
+    long_prompts: int = 2
+    max_context: int = 4096
+    min_agreement: float = 0.99
+    tie_margin: float = 0.25
+    tolerance: dict[str, float | None] = field(default_factory=dict)
+    log: bool = True
 
 
 @dataclass
@@ -212,6 +236,8 @@ class DeployConfig:
     chat: ChatConfig = field(default_factory=ChatConfig)
     eval: EvalSettings = field(default_factory=EvalSettings)
     gate: GateSettings = field(default_factory=GateSettings)
+    format: ExportFormat = ExportFormat.onnx
+    export: ExportSettings = field(default_factory=ExportSettings)
 
 
 def register_configs() -> None:

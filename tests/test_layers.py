@@ -28,11 +28,12 @@ NEVER = {
 # the local server; evaluation and the registry serve both sides; deploy/scoring/ imports only
 # common (it is copied alone into Azure's code snapshot: checked below).
 DEPLOY_ROOMS_NEVER = {
-    "registry": {"serve", "azure", "evaluate"},
-    "scoring": {"registry", "serve", "azure", "evaluate"},
-    "evaluate": {"serve", "azure"},
-    "serve": {"azure", "evaluate"},
-    "azure": {"serve"},
+    "registry": {"serve", "azure", "evaluate", "export"},
+    "scoring": {"registry", "serve", "azure", "evaluate", "export"},
+    "evaluate": {"serve", "azure", "export"},
+    "serve": {"azure", "evaluate", "export"},
+    "azure": {"serve", "export"},
+    "export": {"serve", "azure"},
 }
 MAX_FUNCTION_LINES = 80  # in deploy/ (bench/ and train/prepare/ still hold longer ones)
 

@@ -172,3 +172,44 @@ def build_phi3_gguf(out_dir: Path) -> Path:
         tie_word_embeddings=False,
     )
     return save_random_model(Phi3ForCausalLM, config, tokenizer, [tokenizer.eos_token_id], out_dir)
+
+
+# Phi-3.5-mini's LongRoPE, shrunk: the short factors hold below `original_max_position_embeddings`
+# positions, the long ones above (transformers picks by sequence length, as ORT GenAI does; llama.cpp
+# by the context it allocates). Factor values are Phi-3.5's first, middle and last ones, one per
+# rotary frequency pair (head_dim 16: 8 pairs), so a runtime that swaps or drops them answers otherwise.
+LONGROPE = {
+    "rope_type": "longrope",
+    "short_factor": [1.0, 1.05, 1.1, 1.29, 1.82, 2.02, 2.03, 2.84],
+    "long_factor": [1.08, 1.59, 4.79, 17.67, 32.59, 57.55, 63.14, 64.84],
+    # 256, not less: llama.cpp rounds the context it allocates up to a multiple of 256, and a
+    # context above the switch selects the long factors even for a short prompt.
+    "original_max_position_embeddings": 256,
+}
+
+
+def build_tiny_longrope(out_dir: Path, tokenizer=None, stop_tokens: list[str] | None = None) -> Path:
+    """A tiny random Phi3ForCausalLM with Phi-3.5's LongRoPE (LONGROPE: short factors up to 256
+    positions, long ones to 512), with the tiny default's tokenizer and stops, or `tokenizer`'s own
+    (SmolLM2's, which llama.cpp's converter knows) stopping at its `stop_tokens`."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    from train.tiny_model import STOP_TOKENS, build_tokenizer, save_random_model
+
+    tokenizer = tokenizer or build_tokenizer()
+    stop_tokens = stop_tokens or STOP_TOKENS
+    config = Phi3Config(
+        **SHAPE,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        # Wider random weights than the default 0.02: with those, attention barely moves the
+        # logits and the long factors scaled by 1.5 change no greedy token; at 0.2 they do.
+        initializer_range=0.2,
+        original_max_position_embeddings=LONGROPE["original_max_position_embeddings"],
+        rope_parameters={**LONGROPE, "rope_theta": 10000.0},
+    )
+    stops = tokenizer.convert_tokens_to_ids(stop_tokens)
+    return save_random_model(Phi3ForCausalLM, config, tokenizer, stops, out_dir)

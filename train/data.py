@@ -212,10 +212,12 @@ def _split(prepared: PreparedData, name: str) -> Dataset:
 def refuse_demo_model_on_own_data(cfg: DictConfig) -> None:
     """The tiny demo model learns nothing from real conversations (its 512-token vocabulary was
     made from the bundled data): stop before anything is prepared, naming the real presets."""
-    if not cfg.model.demo_only or is_bundled_sample(cfg.data.source):
+    sources = [s.source for s in cfg.data.get("sources") or []] or [cfg.data.source]  # a mixture's each
+    own = [source for source in sources if not is_bundled_sample(source)]
+    if not cfg.model.demo_only or not own:
         return
     raise ConfigError(
-        f"data.source={cfg.data.source} with the tiny demo model ({cfg.model.short_name}), which "
+        f"data.source={own[0]} with the tiny demo model ({cfg.model.short_name}), which "
         "cannot learn real conversations: add model=smollm2 (a CPU), +profile=a100|h100|h200|24gb "
         "(Phi-3.5-mini on a GPU) or model=phi35_mini|phi3_mini_4k; model.demo_only=false trains "
         "the demo model anyway (to try the pipeline)"

@@ -25,6 +25,7 @@ def test_sources_are_split_before_weighting_and_evaluated_one_by_one(tmp_path):
     a, b = _two_sources(tmp_path)
     cfg = compose_config(
         "data=mixture",
+        "model.demo_only=false",  # the tiny model on these rows: this tests the mixture, not learning
         f"data.sources.0.source={a}",
         "data.sources.0.weight=0.5",
         f"data.sources.1.source={b}",

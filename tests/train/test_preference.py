@@ -66,7 +66,12 @@ def test_a_bad_preference_row_is_named_by_file_and_line(tmp_path):
     lines[2] = json.dumps({"prompt": "What is 1 plus 1?", "chosen": "2"})
     data.write_text("\n".join(lines) + "\n")
     result = run_module(
-        "train", "method=dpo", "data=local", f"data.source={data}", f"paths.output_root={tmp_path / 'out'}"
+        "train",
+        "method=dpo",
+        "data=local",
+        f"data.source={data}",
+        "model.demo_only=false",
+        f"paths.output_root={tmp_path / 'out'}",
     )
     assert result.returncode == 2, result.stderr[-2000:]
     error = result.stderr.strip().splitlines()[-1]
@@ -77,7 +82,12 @@ def test_kto_rows_need_a_boolean_label(tmp_path):
     data = tmp_path / "kto.jsonl"
     data.write_text(json.dumps({"prompt": "Hi", "completion": "Hello", "label": "yes"}) + "\n")
     result = run_module(
-        "train", "method=kto", "data=local", f"data.source={data}", f"paths.output_root={tmp_path / 'out'}"
+        "train",
+        "method=kto",
+        "data=local",
+        f"data.source={data}",
+        "model.demo_only=false",
+        f"paths.output_root={tmp_path / 'out'}",
     )
     assert result.returncode == 2 and f"{data} line 1: label must be true or false" in result.stderr
 
@@ -92,6 +102,7 @@ def dpo_run(tmp_path_factory):
     cfg = compose_config(
         "method=dpo",
         "data=local",
+        "model.demo_only=false",  # the tiny model on these rows: this tests the method, not learning
         f"data.source={_pairs(tmp / 'pairs.jsonl')}",
         "model.uri=models:/tiny-start@champion",
         f"logger.tracking_uri={tracking}",
@@ -133,6 +144,7 @@ def test_kto_trains_on_pairs_unpaired(tmp_path):
     cfg = compose_config(
         "method=kto",
         "data=local",
+        "model.demo_only=false",  # the tiny model on these rows: this tests the method, not learning
         f"data.source={_pairs(tmp_path / 'pairs.jsonl', n=24)}",
         "sft.max_steps=3",
         "sft.per_device_train_batch_size=8",
