@@ -72,7 +72,7 @@ class KVCacheBudget:
     """How many tokens the KV cache holds, from a memory budget: `kv_cache_mib`, or by default
     CPU_KV_CACHE_MIB on a CPU and GPU_KV_CACHE_SHARE of the free memory on a GPU."""
 
-    def __init__(self, model, kv_cache_mib: float | None = None):
+    def __init__(self, model, kv_cache_mib: float | None = None, max_batch: int | None = None):
         self.per_token = kv_bytes_per_token(model.config, model.dtype)
         if kv_cache_mib is not None:
             self.bytes, self.source = int(kv_cache_mib * 2**20), "server.kv_cache_mib"
@@ -87,6 +87,14 @@ class KVCacheBudget:
         else:
             self.bytes, self.source = CPU_KV_CACHE_MIB * 2**20, "the CPU default"
         self.blocks = self.bytes // (self.per_token * PAGE_SIZE)
+        context = getattr(model.config, "max_position_embeddings", None)
+        if max_batch and context and self.blocks * PAGE_SIZE > max_batch * context:
+            # Never more than every request at full context: a small model's budget would otherwise
+            # hold millions of tokens, and a step's attention mask spans all of them (the tiny
+            # model's server held 3.65 GiB with 1024 MiB of cache).
+            self.blocks = -(-max_batch * context // PAGE_SIZE)
+            self.bytes = self.blocks * PAGE_SIZE * self.per_token
+            self.source += f", capped at max_batch x context ({max_batch} x {context})"
         if self.blocks < 1:
             raise ValueError(
                 f"server.kv_cache_mib={kv_cache_mib} holds no block of {PAGE_SIZE} tokens "
@@ -242,7 +250,7 @@ class BatchedGenerator:
             eos_token_id=sorted(self.eos),
             pad_token_id=tokenizer.pad_token_id,
         )
-        self.budget = KVCacheBudget(model, kv_cache_mib)
+        self.budget = KVCacheBudget(model, kv_cache_mib, max_batch)
         config = ContinuousBatchingConfig(
             per_request_processors=True,
             max_requests_per_batch=max_batch,
