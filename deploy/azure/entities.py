@@ -29,8 +29,9 @@ from deploy.registry.find import ModelRef
 
 COMMON_DIR = PROJECT_ROOT / "common"
 SCORING_SCRIPT = PROJECT_ROOT / "deploy" / "scoring" / "score.py"
-# What score.py imports besides installed packages: the neutral payload contract and generation.
-SCORING_COMMON_MODULES = ("__init__.py", "payloads.py", "generation.py")
+# What score.py imports besides installed packages: the neutral payload contract, generation and
+# the one rendering it uses (tests/deploy/scoring runs score.py from these files under azmlinfsrv).
+SCORING_COMMON_MODULES = ("__init__.py", "payloads.py", "generation.py", "rendering.py")
 
 
 def endpoint_entity(endpoint_cfg) -> ManagedOnlineEndpoint:
