@@ -162,7 +162,8 @@ def test_a_training_run_that_cannot_be_read_stops_the_deploy_instead_of_skipping
     )
     env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_TRACKING_URI": registered.tracking_uri}
     refused = run_module("deploy", *args, f"port={free_port()}", env=env)
-    assert refused.returncode == 1, refused.stdout[-2000:] + refused.stderr[-2000:]
+    # exit 2: a setup error (the tracking store cannot be read), not a gate refusal
+    assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
     assert "tokenizer artifacts could not be read" in refused.stderr
     assert unreachable.split("/api")[0].removeprefix("http://") in refused.stderr  # the cause, named
     assert "parity.check=false" in refused.stderr and "serving" not in refused.stdout
