@@ -130,8 +130,21 @@ def prepare_for(cfg: DictConfig, tokenizer=None) -> PreparedData:
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         (out / MARKER).write_text(MARKER_TEXT, encoding="utf-8")
+    stats = _prepare_rows(cfg, objective, opened_train, opened_eval, out, chat_tokenizer)
+    manifest.write_text(
+        json.dumps({"key": key, "settings": settings, "source": opened_train.label}, indent=2) + "\n",
+        encoding="utf-8",
+    )
+    return PreparedData(out, asdict(stats), False)
+
+
+def _prepare_rows(
+    cfg: DictConfig, objective: Objective, opened_train, opened_eval, out: Path, chat_tokenizer
+):
+    """Validate, split and write the rows into `out`: preference rows for DPO/KTO, chat rows for SFT."""
+    data_cfg = cfg.data
     if objective != Objective.sft:
-        stats = prepare_preferences(
+        return prepare_preferences(
             opened_train,
             out,
             objective=objective,
@@ -142,27 +155,21 @@ def prepare_for(cfg: DictConfig, tokenizer=None) -> PreparedData:
             max_length=data_cfg.max_length,
             eval_source=opened_eval,
         )
-    else:
-        stats = prepare(
-            opened_train,
-            out,
-            format=data_cfg.format,
-            on_error=data_cfg.on_error,
-            test_size=data_cfg.test_size,
-            eval_source=opened_eval,
-            seed=cfg.seed,
-            dedupe=data_cfg.dedupe,
-            merge_system_into_first_user=data_cfg.merge_system_into_first_user,
-            max_turns=data_cfg.max_turns,
-            tokenizer=chat_tokenizer,
-            max_length=data_cfg.max_length,
-            length_policy=data_cfg.length_policy,
-        )
-    manifest.write_text(
-        json.dumps({"key": key, "settings": settings, "source": opened_train.label}, indent=2) + "\n",
-        encoding="utf-8",
+    return prepare(
+        opened_train,
+        out,
+        format=data_cfg.format,
+        on_error=data_cfg.on_error,
+        test_size=data_cfg.test_size,
+        eval_source=opened_eval,
+        seed=cfg.seed,
+        dedupe=data_cfg.dedupe,
+        merge_system_into_first_user=data_cfg.merge_system_into_first_user,
+        max_turns=data_cfg.max_turns,
+        tokenizer=chat_tokenizer,
+        max_length=data_cfg.max_length,
+        length_policy=data_cfg.length_policy,
     )
-    return PreparedData(out, asdict(stats), False)
 
 
 def _manifest_key(manifest: Path) -> str | None:
