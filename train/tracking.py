@@ -293,17 +293,8 @@ def log_prepared_data(prepared) -> None:
     mlflow.log_artifact(str(prepared.dir / "test.jsonl"), artifact_path="data")
     if prepared.stats["rejected"] or prepared.stats["dropped_too_long"]:
         mlflow.log_artifact(str(prepared.dir / "rejects.jsonl"), artifact_path="data")
-    counts = (
-        "rows_read",
-        "rejected",
-        "duplicates_removed",
-        "dropped_too_long",
-        "truncated_turns",
-        "train",
-        "test",
-    )
     # preference data (train.prepare.preference) has no duplicates_removed or truncated_turns
-    mlflow.log_metrics({f"data_{k}": prepared.stats[k] for k in counts if k in prepared.stats})
+    mlflow.log_metrics({f"data_{k}": prepared.stats[k] for k in DATA_COUNTS if k in prepared.stats})
     mlflow.log_metrics({f"data_tokens_{k}": v for k, v in prepared.stats["tokens"].items()})
     for name, share in prepared.stats.get("mixture", {}).items():  # data.sources: each source's share
         mlflow.log_metrics({f"data_{name}_{k}": share[k] for k in ("rows", "tokens", "trained_tokens")})
