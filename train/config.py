@@ -503,6 +503,8 @@ def is_bundled_sample(source: str) -> bool:
 def _registered_name(short_name: str, source: str) -> str:
     """`<model>-sft` for the bundled data, else `<model>-<data>-sft`: the source file's or
     folder's stem (a hub id's last part), so each model and dataset gets its own versions."""
+    if source is None:  # data=mixture: its sources are listed in data.sources
+        return f"{short_name}-mixture-sft"
     if is_bundled_sample(source):
         return f"{short_name}-sft"
     source = str(source).rstrip("/")

@@ -69,7 +69,10 @@ TRAINER_METRICS = (
     *("train_runtime", "train_samples_per_second", "train_steps_per_second", "train_tokens_per_second"),
     *("total_flos", "train_loss", "num_input_tokens_seen"),
 )
-RECIPE_METRICS = ("train_wall_seconds", "train_loss_first", "train_loss_last")
+RECIPE_METRICS = (
+    *("train_wall_seconds", "train_cpu_seconds", "train_loss_first", "train_loss_last"),
+    "held_out_rows",  # how many held-out rows exact match and stop rate are measured on
+)
 
 
 class MetricsOnlyMLflowCallback(MLflowCallback):

@@ -136,10 +136,16 @@ def test_qlora_without_cuda_stops_before_loading(compose_train, tmp_path, monkey
     assert not (tmp_path / "outputs").exists()  # nothing was written, nothing downloaded
 
 
-def test_a_token_budget_trains_about_that_many_tokens_and_tasks_are_asked_before_and_after(tmp_path):
+def test_a_token_budget_trains_about_that_many_tokens_and_tasks_are_asked_before_and_after(
+    tmp_path, monkeypatch
+):
     """token_budget sets the steps from the prepared rows' mean length; transformers counts what the
     trainer actually saw (padding excluded). Without it, 2 epochs of 640 rows would train ~10x more.
     eval.tasks: the regression set is asked before and after, its scores in the metrics and MLflow."""
+    import mlflow
+
+    mlflow.set_tracking_uri(None)  # an earlier test's store, exported to MLFLOW_TRACKING_URI by mlflow
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = compose_config(
         "data.max_train_rows=640",
         "data.max_eval_rows=16",
@@ -161,7 +167,7 @@ def test_a_token_budget_trains_about_that_many_tokens_and_tasks_are_asked_before
         "general_knowledge_contains_after",
         "general_knowledge_kept",
     } <= set(metrics)
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/outputs/mlflow.db")
+    client = MlflowClient(tracking_uri=cfg.logger.tracking_uri)  # where the recipe logged
     (logged,) = client.search_runs([client.get_experiment_by_name(cfg.logger.experiment_name).experiment_id])
     assert "general_knowledge_contains_after" in logged.data.metrics
     tables = {a.path for a in client.list_artifacts(logged.info.run_id, "eval")}
