@@ -177,6 +177,7 @@ def test_entities_as_azure_receives_them(tmp_path):
         "common/__init__.py",
         "common/generation.py",
         "common/payloads.py",
+        "common/rendering.py",
         "score.py",
     ]
 
