@@ -138,29 +138,16 @@ def prepare(
     sources = [(_opened(source), "train")]
     if eval_source is not None:
         sources.append((_opened(eval_source), "test"))
-    for src, _ in sources:
-        _unreadable_links(src, on_error, stats, rejects)
-    items = {name: _validate(src, format, max_turns, on_error, stats, rejects) for src, name in sources}
-    if merge_system_into_first_user:
-        for item in items["train"] + items.get("test", []):
-            item.messages = merge_system(item.messages)
-    train, test = items["train"], items.get("test", [])
-    for src, name in sources:
-        if not items[name]:
-            _write_jsonl(out / "rejects.jsonl", rejects)
-            raise DataError(
-                f"{src.label}: every row was rejected; the reasons are in {out / 'rejects.jsonl'}"
-            )
+    train, test = _read(
+        sources, format, max_turns, merge_system_into_first_user, on_error, stats, rejects, out
+    )
+    label = sources[0][0].label
 
     stats.duplicates = _count_repeats(train + test)
     if dedupe:
         seen: set[str] = set()
         test = _dedupe(test, seen)
-        train = _dedupe(train, seen)
-        if not train:
-            raise DataError(
-                f"{sources[0][0].label}: every row repeats an eval_source row; nothing is left to train on"
-            )
+        train = _nonempty_train(_dedupe(train, seen), label)
     stats.duplicates_removed = stats.rows_read - stats.rejected - len(train) - len(test)
 
     if tokenizer is not None:
@@ -170,7 +157,7 @@ def prepare(
         if not train or (eval_source is not None and not test):
             _write_jsonl(out / "rejects.jsonl", rejects)
             raise DataError(
-                f"{sources[0][0].label}: every conversation is longer than max_length={max_length} tokens "
+                f"{label}: every conversation is longer than max_length={max_length} tokens "
                 f"(length_policy={length_policy}); raise sft.max_length or see {out / 'rejects.jsonl'}"
             )
     if eval_source is None:  # copies of a conversation stay together, on one side
@@ -179,25 +166,48 @@ def prepare(
         held_out = {_conversation_key(item) for item in test}
         kept = [item for item in train if _conversation_key(item) not in held_out]
         stats.duplicates_removed += len(train) - len(kept)
-        train = kept
-        if not train:
-            raise DataError(
-                f"{sources[0][0].label}: every row repeats an eval_source row; nothing is left to train on"
-            )
+        train = _nonempty_train(kept, label)
+    _write_prepared(out, train, test, tokenizer is not None, stats, rejects)
+    log.info("prepared %s into %s: %s", label, out, stats)
+    return stats
 
+
+def _read(sources, format, max_turns, merge_system_into_first_user, on_error, stats, rejects, out: Path):
+    """The (train, test) items of the sources, validated; DataError when a source has none left."""
+    for src, _ in sources:
+        _unreadable_links(src, on_error, stats, rejects)
+    items = {name: _validate(src, format, max_turns, on_error, stats, rejects) for src, name in sources}
+    if merge_system_into_first_user:
+        for item in items["train"] + items.get("test", []):
+            item.messages = merge_system(item.messages)
+    for src, name in sources:
+        if not items[name]:
+            _write_jsonl(out / "rejects.jsonl", rejects)
+            raise DataError(
+                f"{src.label}: every row was rejected; the reasons are in {out / 'rejects.jsonl'}"
+            )
+    return items["train"], items.get("test", [])
+
+
+def _nonempty_train(train: list, label: str) -> list:
+    if not train:
+        raise DataError(f"{label}: every row repeats an eval_source row; nothing is left to train on")
+    return train
+
+
+def _write_prepared(out: Path, train: list, test: list, tokenized: bool, stats, rejects: list[dict]) -> None:
+    """rejects.jsonl, each split's messages (and token ids when tokenized) and stats.json."""
     stats.train, stats.test = len(train), len(test)
     stats.kept = stats.train + stats.test
     stats.turns = sum(len(item.messages) for item in train + test)
     _write_jsonl(out / "rejects.jsonl", rejects)
     for name, part in (("train", train), ("test", test)):
         _write_jsonl(out / f"{name}.jsonl", [{"messages": item.messages} for item in part])
-        if tokenizer is not None:
+        if tokenized:
             _write_tokens(out / f"{name}.tokens.parquet", part)
-    if tokenizer is not None:
+    if tokenized:
         stats.tokens = _token_stats(train, test)
     (out / "stats.json").write_text(json.dumps(asdict(stats), indent=2) + "\n", encoding="utf-8")
-    log.info("prepared %s into %s: %s", sources[0][0].label, out, stats)
-    return stats
 
 
 def _validate(
