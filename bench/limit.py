@@ -284,8 +284,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 1:
         parser.error("--steps and --warmup must be >= 1")
-    from bench.metrics import hardware_slug
-    from bench.report import write_results
 
     results = run(
         args.overrides or DEFAULT_OVERRIDES,
@@ -295,14 +293,9 @@ def main(argv: list[str] | None = None) -> dict:
         args.max_new_tokens,
         args.matmul_size,
     )
-    markdown = results_markdown(results)
-    path = write_results(
-        results, markdown, args.results_dir, hardware_slug(results["hardware"]), kind="limit"
-    )
-    results["json_path"] = str(path)
-    print(markdown)
-    print(f"\nresults: {path}\n         {path.with_suffix('.md')}")
-    return results
+    from bench.report import publish
+
+    return publish(results, results_markdown(results), args.results_dir, kind="limit")
 
 
 if __name__ == "__main__":

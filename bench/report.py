@@ -47,3 +47,15 @@ def write_results(results: dict, markdown: str, results_dir: str | Path, slug: s
         path.with_suffix(".md").write_text(markdown + "\n", encoding="utf-8")
         return path
     raise RuntimeError(f"{out}: 999 results files named {stem}-*; move some away")
+
+
+def publish(results: dict, markdown: str, results_dir: str | Path, kind: str) -> dict:
+    """Write the results beside earlier runs (`write_results`, named by the hardware), print the
+    table and where it went; `results` gains `json_path`."""
+    from bench.metrics import hardware_slug
+
+    path = write_results(results, markdown, results_dir, hardware_slug(results["hardware"]), kind=kind)
+    results["json_path"] = str(path)
+    print(markdown)
+    print(f"\nresults: {path}\n         {path.with_suffix('.md')}")
+    return results

@@ -40,7 +40,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from bench.report import markdown_table, write_results
+from bench.report import markdown_table, publish
 from common.endpoint_client import EndpointError, EndpointSettings, post_json
 from common.payloads import GenerationParams, Shape, build_payload
 
@@ -330,16 +330,8 @@ def main(argv: list[str] | None = None) -> dict:
             pid=args.server_pid or listening_pid(url),
         )
     results["model"] = args.model_uri or args.url
-    from bench.metrics import hardware_slug
 
-    markdown = results_markdown(results, results["model"])
-    path = write_results(
-        results, markdown, args.results_dir, hardware_slug(results["hardware"]), kind="serve"
-    )
-    results["json_path"] = str(path)
-    print(markdown)
-    print(f"\nresults: {path}\n         {path.with_suffix('.md')}")
-    return results
+    return publish(results, results_markdown(results, results["model"]), args.results_dir, kind="serve")
 
 
 if __name__ == "__main__":
