@@ -382,16 +382,7 @@ def run_benchmark(cfg: DictConfig) -> dict:
     if cfg.bench.steps < 2 or cfg.bench.repeats < 1:
         raise BenchError("bench.steps: time at least 2 steps; bench.repeats: at least 1")
     if cfg.bench.dry_run:
-        results = dry_run(plan, on_cuda)
-        print(
-            f"Dry run on {results['machine']} ({results['memory_gib']:.0f} GiB, {results['matmul_tflops']:.3g} "
-            "TFLOP/s on a matrix product measured now); FLOPs per token = 6N' + 12*L*d*T at the sequence "
-            "length T of each variant (its sft.max_length); nothing trained or written.\n"
-        )
-        print(markdown_table(DRY_RUN_COLUMNS, results["variants"]))
-        remove_run_folder(cfg)
-        return results
-
+        return _dry_run_report(cfg, plan, on_cuda)
     scratch = Path(cfg.paths.output_dir)
     tokenizer = load_tokenizer(cfg)
     vocab = AutoConfig.from_pretrained(
@@ -403,6 +394,53 @@ def run_benchmark(cfg: DictConfig) -> dict:
     hardware = metrics.describe_hardware(on_cuda)
     peak, peak_source = metrics.peak_tflops(hardware.get("gpu"), cfg.bench.peak_tflops)
 
+    runs, failures = _run_rounds(cfg, plan, dataset, tokenizer, scratch, on_cuda)
+    rows = _result_rows(plan, runs, failures, peak)
+    hardware["load_avg_1m_after"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    _add_ratios(rows)
+    results = {
+        "kind": "train",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join(["python -m bench.train", *_overrides()]),
+        "hardware": hardware,
+        "peak_bf16_tflops": peak,
+        "peak_source": peak_source,
+        "isolated": bool(cfg.bench.isolate),
+        "versions": metrics.library_versions(),
+        "model": cfg.model.short_name,
+        "weights": cfg.bench.weights,
+        "peft": cfg.peft.method,
+        "data": cfg.data.name if cfg.bench.data == "recipe" else "synthetic",
+        "profile": cfg.get("profile"),
+        "untimed_steps": cfg.bench.untimed_steps,
+        "timed_steps": cfg.bench.steps,
+        "repeats": cfg.bench.repeats,
+        "variants": rows,
+    }
+    markdown = results_markdown(results)
+    path = write_results(results, markdown, cfg.bench.results_dir, metrics.hardware_slug(hardware))
+    results["json_path"], results["markdown_path"] = str(path), str(path.with_suffix(".md"))
+    print(markdown)
+    print(f"\nresults: {path}\n         {path.with_suffix('.md')}")
+    return results
+
+
+def _dry_run_report(cfg: DictConfig, plan: list[dict], on_cuda: bool) -> dict:
+    """bench.dry_run: each variant's estimate against this machine, printed; nothing trained."""
+    results = dry_run(plan, on_cuda)
+    print(
+        f"Dry run on {results['machine']} ({results['memory_gib']:.0f} GiB, {results['matmul_tflops']:.3g} "
+        "TFLOP/s on a matrix product measured now); FLOPs per token = 6N' + 12*L*d*T at the sequence "
+        "length T of each variant (its sft.max_length); nothing trained or written.\n"
+    )
+    print(markdown_table(DRY_RUN_COLUMNS, results["variants"]))
+    remove_run_folder(cfg)
+    return results
+
+
+def _run_rounds(cfg: DictConfig, plan: list[dict], dataset, tokenizer, scratch: Path, on_cuda: bool):
+    """Every variant's timed runs, `bench.repeats` rounds within `bench.time_budget_s`: (runs per
+    variant, failure per variant index); a variant out of time gets its `skip` reason."""
     # Round-robin repeats: slow drift of a shared machine hits every variant alike, and
     # the spread between a variant's own repeats says which differences are noise.
     started = time.monotonic()
@@ -439,6 +477,11 @@ def run_benchmark(cfg: DictConfig) -> dict:
                 gc.collect()
                 if on_cuda:
                     torch.cuda.empty_cache()
+    return runs, failures
+
+
+def _result_rows(plan: list[dict], runs: list[list[dict]], failures: dict[int, str], peak) -> list[dict]:
+    """One row per variant: its summary and MFU, or why it failed or was skipped."""
     rows = []
     for i, item in enumerate(plan):
         row = _row_head(item)
@@ -451,33 +494,7 @@ def run_benchmark(cfg: DictConfig) -> dict:
             row.update(status="skipped", reason=item["skip"])
         rows.append(row)
 
-    hardware["load_avg_1m_after"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-    _add_ratios(rows)
-    results = {
-        "kind": "train",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": " ".join(["python -m bench.train", *_overrides()]),
-        "hardware": hardware,
-        "peak_bf16_tflops": peak,
-        "peak_source": peak_source,
-        "isolated": bool(cfg.bench.isolate),
-        "versions": metrics.library_versions(),
-        "model": cfg.model.short_name,
-        "weights": cfg.bench.weights,
-        "peft": cfg.peft.method,
-        "data": cfg.data.name if cfg.bench.data == "recipe" else "synthetic",
-        "profile": cfg.get("profile"),
-        "untimed_steps": cfg.bench.untimed_steps,
-        "timed_steps": cfg.bench.steps,
-        "repeats": cfg.bench.repeats,
-        "variants": rows,
-    }
-    markdown = results_markdown(results)
-    path = write_results(results, markdown, cfg.bench.results_dir, metrics.hardware_slug(hardware))
-    results["json_path"], results["markdown_path"] = str(path), str(path.with_suffix(".md"))
-    print(markdown)
-    print(f"\nresults: {path}\n         {path.with_suffix('.md')}")
-    return results
+    return rows
 
 
 # A variant is not started with less of bench.time_budget_s left: model build, warm-up and the
