@@ -168,57 +168,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tokenizer", choices=("phi3-like", "tiny"), default="phi3-like")
     args = parser.parse_args(argv)
 
-    from omegaconf import OmegaConf
-
-    from common.paths import cache_dir
-    from train.config import ModelConfig
-    from train.model import load_tokenizer
-    from train.tiny_model import ensure_tiny_phi3
-
     paragraphs = prose_paragraphs()
     train_text, conversation_text = paragraphs[::2], paragraphs[1::2]  # held out from the tokenizer
-    if args.tokenizer == "phi3-like":
-        tokenizer = phi3_like_tokenizer(cache_dir(), train_text)
-        tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
-    else:
-        tokenizer = load_tokenizer(OmegaConf.structured(ModelConfig(ensure_tiny_phi3(), "tiny-phi3")))
-    scratch = Path(tempfile.mkdtemp(prefix="bench-data-"))
-    os.environ["HF_DATASETS_CACHE"] = str(scratch / "hf")  # no stale map cache between runs
-    conversations = ultrachat_like(args.rows, conversation_text)
-    try:
-        path = scratch / "ultrachat_like.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in conversations), encoding="utf-8")
-        # Ours first: the seed's map(num_proc) forks this process after its tokenizer has run, and
-        # huggingface/tokenizers then turns its thread pool off (its fork deadlock guard), which
-        # measured 1.45x slower for whatever runs next.
-        ours_s, ours = best_of(
-            args.repeat, lambda: our_pipeline(path, tokenizer, Path(tempfile.mkdtemp(dir=scratch)), 4096)
-        )
-        seed_s, _ = best_of(args.repeat, lambda: seed_pipeline(path, tokenizer, args.seed_num_proc))
-        cached_s = cached_prepare(path, tokenizer, scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-    rows = [
-        {
-            "pipeline": f"seed: map(num_proc={args.seed_num_proc}) + per-example tokenize",
-            "seconds": seed_s,
-            "conv_per_s": args.rows / seed_s,
-            "ratio": 1.0,
-        },
-        {
-            "pipeline": "ours: prepare (validate, batched template+tokenize, labels, write)",
-            "seconds": ours_s,
-            "conv_per_s": args.rows / ours_s,
-            "ratio": seed_s / ours_s,
-        },
-        {
-            "pipeline": "ours, unchanged data again (cache hit)",
-            "seconds": cached_s,
-            "conv_per_s": args.rows / cached_s,
-            "ratio": seed_s / cached_s,
-        },
-    ]
+    tokenizer = _bench_tokenizer(args.tokenizer, train_text)
+    seed_s, ours_s, ours, cached_s = _time_pipelines(args, tokenizer, conversation_text)
+    rows = _pipeline_rows(args, seed_s, ours_s, cached_s)
     hardware = describe_hardware(on_cuda=False)
     table = markdown_table(
         [
@@ -251,6 +205,56 @@ def main(argv: list[str] | None = None) -> dict:
     print(table)
     print(f"ours vs seed: {rows[1]['ratio']:.1f}x; results in {path}")
     return results
+
+
+def _bench_tokenizer(kind: str, train_text: list[str]):
+    """The Phi-3-like BPE trained on `train_text` (cached), or the demo's tiny tokenizer."""
+    from omegaconf import OmegaConf
+
+    from common.paths import cache_dir
+    from train.config import ModelConfig
+    from train.model import load_tokenizer
+    from train.tiny_model import ensure_tiny_phi3
+
+    if kind == "phi3-like":
+        tokenizer = phi3_like_tokenizer(cache_dir(), train_text)
+        tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+        return tokenizer
+    return load_tokenizer(OmegaConf.structured(ModelConfig(ensure_tiny_phi3(), "tiny-phi3")))
+
+
+def _time_pipelines(args, tokenizer, conversation_text: list[str]):
+    """Best-of seconds for our pipeline and the seed's on the same file, and a cache hit:
+    (seed_s, ours_s, our token stats, cached_s)."""
+    scratch = Path(tempfile.mkdtemp(prefix="bench-data-"))
+    os.environ["HF_DATASETS_CACHE"] = str(scratch / "hf")  # no stale map cache between runs
+    conversations = ultrachat_like(args.rows, conversation_text)
+    try:
+        path = scratch / "ultrachat_like.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in conversations), encoding="utf-8")
+        # Ours first: the seed's map(num_proc) forks this process after its tokenizer has run, and
+        # huggingface/tokenizers then turns its thread pool off (its fork deadlock guard), which
+        # measured 1.45x slower for whatever runs next.
+        ours_s, ours = best_of(
+            args.repeat, lambda: our_pipeline(path, tokenizer, Path(tempfile.mkdtemp(dir=scratch)), 4096)
+        )
+        seed_s, _ = best_of(args.repeat, lambda: seed_pipeline(path, tokenizer, args.seed_num_proc))
+        cached_s = cached_prepare(path, tokenizer, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return seed_s, ours_s, ours, cached_s
+
+
+def _pipeline_rows(args, seed_s: float, ours_s: float, cached_s: float) -> list[dict]:
+    timed = (
+        (f"seed: map(num_proc={args.seed_num_proc}) + per-example tokenize", seed_s),
+        ("ours: prepare (validate, batched template+tokenize, labels, write)", ours_s),
+        ("ours, unchanged data again (cache hit)", cached_s),
+    )
+    return [
+        {"pipeline": name, "seconds": sec, "conv_per_s": args.rows / sec, "ratio": seed_s / sec}
+        for name, sec in timed
+    ]
 
 
 if __name__ == "__main__":
