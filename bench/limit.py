@@ -7,11 +7,11 @@ the float32 matmul rate measured in the same run.
 What is reported (docs/speed.md explains the table):
 - `matmul`: float32 GFLOP/s of square matmuls (torch.mm, --matmul-size) with torch's threads,
   measured before and after the training rows; their mean is the limit the shares compare with.
-- training, per variant: `as configured` (the recipe's batches, padded to the longest row) and
-  `packed` (TRL's best-fit packing into padding-free rows, one attention per conversation:
-  `model.attn_implementation=varlen_sdpa`): real tokens/s (padding excluded: the attention mask's
-  ones, or every token of a padding-free row) over --steps optimizer steps after --warmup untimed
-  ones, and achieved GFLOP/s = tokens/s x (6N full fine-tune, 4N LoRA: N the model's parameters)
+- training, per variant: `as configured` (the recipe as it is: model=smollm2 packs), `padded` (each
+  conversation its own row, batches padded to the longest) and `packed` (TRL's best-fit packing into
+  padding-free rows, one attention per conversation: `model.attn_implementation=varlen_sdpa`):
+  real tokens/s (padding excluded: the attention mask's ones, or every token of a padding-free row)
+  over --steps optimizer steps after --warmup untimed ones, and achieved GFLOP/s = tokens/s x (6N full fine-tune, 4N LoRA: N the model's parameters)
   plus attention (6 x layers x hidden x L^2 per conversation of L tokens), as a share of matmul.
 - generation, greedy, --max-new-tokens: evaluation's generator (`common.generation.Generator`,
   left-padded batches of 16 as train/evaluate.py runs them) over the held-out prompts, batched and
@@ -34,6 +34,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_OVERRIDES = ["model=smollm2"]
 VARIANTS = {
     "as configured": [],
+    "padded": ["sft.packing=false", "sft.padding_free=false", "model.attn_implementation=sdpa"],
     "packed": ["sft.packing=true", "sft.padding_free=true", "model.attn_implementation=varlen_sdpa"],
 }
 

@@ -247,6 +247,19 @@ class DataConfig:
 
 
 @dataclass
+class RehearsalConfig:
+    # Rehearsal against forgetting (train/rehearsal.py): the starting model's own answers to general
+    # prompts, added to `data` as one more weighted source (train/mixture.py) with its own held-out
+    # rows (eval_rehearsal_loss). null: none (the default; model=smollm2 sets it).
+    source: str | None = None
+    # As a data.sources weight: multiplies its training rows (or tokens, data.weight_by=tokens); 0: off.
+    weight: float = 1.0
+    # `python -m train.rehearsal` writes `source` by answering these (one question per line).
+    questions: str = "${paths.root_dir}/train/assets/rehearsal_questions.txt"
+    max_new_tokens: int = 64  # answers that do not stop within this are not kept
+
+
+@dataclass
 class EvalConfig:
     # Held-out conversations answered greedily before and after training; exact match of
     # the last assistant turn is logged, and the answers as an MLflow table. 0 disables.
@@ -440,6 +453,7 @@ def preference_schema(objective: Objective) -> type:
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    rehearsal: RehearsalConfig = field(default_factory=RehearsalConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     target: TargetConfig = field(default_factory=TargetConfig)

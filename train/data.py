@@ -237,9 +237,10 @@ def load_splits(cfg: DictConfig, tokenizer) -> tuple[DatasetDict, PreparedData]:
     In a multi-process run, call it with the main process first (the others then find the cache).
     With `data.sources`, a weighted mixture of them (train.mixture), with `test:<name>` per source.
     """
-    if cfg.data.get("sources"):
-        from train.mixture import load_mixture
+    from train.mixture import load_mixture, with_rehearsal
 
+    cfg = with_rehearsal(cfg)  # rehearsal.source: one more source, mixed in
+    if cfg.data.get("sources"):
         return load_mixture(cfg, tokenizer, load_splits)
     prepared = prepare_for(cfg, tokenizer)
     stats = prepared.stats

@@ -75,6 +75,7 @@ from train import (
     tracking,
 )
 from train.config import Objective, PeftMethod, PeftSave, sft_schema
+from train.mixture import answered_held_out
 from train.prepare import preview
 from train.sft import sft_args, steps_for_token_budget
 
@@ -201,7 +202,8 @@ def answer_held_out(cfg: DictConfig, setup: Setup, when: str) -> tuple[dict[str,
     n = 0 if setup.sharded else cfg.eval.generate_samples
     if not n:
         return rewards, []
-    conversations = [m for m in setup.splits["test"]["messages"] if m]  # KTO: the good completions' prompts
+    held_out = answered_held_out(setup.splits)  # not the rehearsal's rows: the base model's own answers
+    conversations = [m for m in held_out["messages"] if m]  # KTO: the good completions' prompts
     log.info("answering %d held-out prompts %s training", min(n, len(conversations)), when)
     scores, answers = evaluate.exact_match_eval(
         setup.trainer.model,
@@ -313,7 +315,7 @@ def summarize(
     """summary.json in the run folder and the printed summary; returns the metrics."""
     summary = {
         "held_out_rows": held_out_rows,  # the answers exact match and stop rate are measured on
-        "held_out_total": len(setup.splits["test"]),
+        "held_out_total": len(answered_held_out(setup.splits)),
         "run_dir": str(setup.output_dir),
         "mlflow_run_id": run_id,
         "tracking_uri": mlflow.get_tracking_uri(),
