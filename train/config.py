@@ -230,6 +230,7 @@ class DataConfig:
     max_turns: Optional[int] = 1000  # noqa: UP045 - OmegaConf needs Optional
     # Conversations longer than max_length tokens: truncate (keep the whole turns that fit)
     # or drop. Both are counted in stats.json and listed in rejects.jsonl when dropped.
+    # null (sft.max_length=null, model=smollm2): the model's context (train/lengths.py).
     max_length: Optional[int] = "${sft.max_length}"  # noqa: UP045 - OmegaConf needs Optional
     length_policy: LengthPolicy = LengthPolicy.truncate
     # Hub datasets: config name and split expressions (`train_sft[:1%]`).
