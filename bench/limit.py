@@ -59,6 +59,7 @@ def compose(overrides: list[str]):
 
     import train.__main__  # noqa: F401  (registers the schemas and resolvers)
     from common.paths import PROJECT_ROOT
+    from train import gguf_model
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
@@ -66,6 +67,7 @@ def compose(overrides: list[str]):
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]
+        gguf_model.resolve_gguf(cfg.model)  # model=smollm2: the converted directory, as the recipe loads it
     return cfg
 
 
