@@ -466,7 +466,8 @@ class TrainConfig:
     preview: int = 0
     # Train on about this many tokens of the training rows (their own tokens; padding not counted)
     # instead of sft.num_train_epochs: sets sft.max_steps from the prepared rows' mean length, the
-    # batch and the processes (train/sft.py). null: sft.max_steps / num_train_epochs as set.
+    # batch and the processes (train/sft.py); an sft.max_steps=N that is set wins over it.
+    # null: sft.max_steps / num_train_epochs as set.
     token_budget: int | None = None
 
 

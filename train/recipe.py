@@ -140,7 +140,9 @@ def set_up(cfg: DictConfig) -> Setup:
     length = lengths.set_training_length(args, cfg, prepared.stats)  # sft.max_length=null: from the data
     if cfg.preview and sft:
         print(preview.render(cfg, tokenizer, prepared, cfg.preview))
-    if cfg.token_budget and sft:  # preference rows count their tokens differently
+    if cfg.token_budget and sft and args.max_steps > 0:  # the command line's sft.max_steps=N wins
+        log.info("sft.max_steps=%d: token_budget %d not used", args.max_steps, cfg.token_budget)
+    elif cfg.token_budget and sft:  # preference rows count their tokens differently
         args.max_steps = steps_for_token_budget(args, cfg.token_budget, prepared.stats)
         log.info("token_budget %d: %d optimizer steps", cfg.token_budget, args.max_steps)
     build = (

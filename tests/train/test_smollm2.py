@@ -96,3 +96,20 @@ def test_a_long_sharegpt_row_is_kept_whole_with_the_preset(smollm2, tmp_path):
     assert (stats["over_max_length"], stats["kept"], stats["tokens"]["max"]) == (0, 3, expected)
     assert f"{expected} tokens, from the data: the longest kept row" in done.stdout
     assert "rows kept up to 8192 tokens, the model's context" in done.stdout
+
+
+def test_the_csv_example_prepares_with_the_preset_quietly(smollm2, tmp_path):
+    """The README's `model=smollm2 data.source=examples/chats.csv`: its prompt,completion columns
+    prepare whole, with no warning line and no traceback."""
+    out = tmp_path / "prepared"
+    done = run_module(
+        "train.prepare", "model=smollm2", "data.source=examples/chats.csv", f"data.output_dir={out}",
+        f"paths.output_root={tmp_path}/outputs",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    assert (
+        "Traceback" not in output and [line for line in output.splitlines() if "warn" in line.lower()] == []
+    )
+    stats = json.loads((out / "stats.json").read_text())
+    assert (stats["formats"], stats["kept"], stats["over_max_length"]) == ({"prompt_completion": 100}, 100, 0)
