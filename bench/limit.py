@@ -106,15 +106,17 @@ def train_variant(overrides: list[str], steps: int, warmup: int, workdir: Path) 
     """Real tokens/s and achieved GFLOP/s of `warmup + steps` optimizer steps of the recipe's trainer."""
     from trl import SFTTrainer
 
-    from train import data, model
+    from train import data, lengths, model
     from train.recipe import sft_args
 
     cfg = compose([*overrides, f"sft.max_steps={warmup + steps}", "sft.save_strategy=no", "sft.eval_strategy=no",
                    "sft.disable_tqdm=true", f"paths.output_dir={workdir}"])  # fmt: skip
     tokenizer = model.load_tokenizer(cfg.model)
-    splits, _ = data.load_splits(cfg, tokenizer)
+    splits, prepared = data.load_splits(cfg, tokenizer)
     net = model.load_model(cfg.model, cfg.peft, tokenizer)
-    trainer = SFTTrainer(model=net, args=sft_args(cfg), train_dataset=splits["train"],
+    args = sft_args(cfg)
+    lengths.set_training_length(args, cfg, prepared.stats)  # as training does (model=smollm2: from the data)
+    trainer = SFTTrainer(model=net, args=args, train_dataset=splits["train"],
                          processing_class=tokenizer, peft_config=model.lora_config(cfg.peft))  # fmt: skip
     counter, timer = TokenCount(trainer.data_collator), step_timer()
     trainer.data_collator = counter

@@ -230,6 +230,7 @@ class DataConfig:
     max_turns: Optional[int] = 1000  # noqa: UP045 - OmegaConf needs Optional
     # Conversations longer than max_length tokens: truncate (keep the whole turns that fit)
     # or drop. Both are counted in stats.json and listed in rejects.jsonl when dropped.
+    # null (sft.max_length=null, model=smollm2): the model's context (train/lengths.py).
     max_length: Optional[int] = "${sft.max_length}"  # noqa: UP045 - OmegaConf needs Optional
     length_policy: LengthPolicy = LengthPolicy.truncate
     # Hub datasets: config name and split expressions (`train_sft[:1%]`).
@@ -479,7 +480,8 @@ class TrainConfig:
     preview: int = 0
     # Train on about this many tokens of the training rows (their own tokens; padding not counted)
     # instead of sft.num_train_epochs: sets sft.max_steps from the prepared rows' mean length, the
-    # batch and the processes (train/sft.py). null: sft.max_steps / num_train_epochs as set.
+    # batch and the processes (train/sft.py); an sft.max_steps=N that is set wins over it.
+    # null: sft.max_steps / num_train_epochs as set.
     token_budget: int | None = None
 
 

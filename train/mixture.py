@@ -150,6 +150,8 @@ def load_mixture(cfg: DictConfig, tokenizer, load_one) -> tuple[DatasetDict, obj
             "tokens": sum(tokens[i] for i in picked),
             "trained_tokens": sum(trained[i] for i in picked),
             "test_rows": len(splits["test"]),
+            "longest": (prepared.stats.get("tokens") or {}).get("max"),  # max_length from the data
+            "max_length": prepared.stats.get("max_length"),  # the cap its preparation used
         }
     train = concatenate_datasets(trains).shuffle(seed=cfg.seed)
     for key in ("rows", "tokens", "trained_tokens"):
@@ -177,7 +179,9 @@ def _stats(shares: dict, train: Dataset, tests: dict) -> dict:
         "tokens": {
             "train": sum(s["tokens"] for s in shares.values()),
             "train_trained": sum(s["trained_tokens"] for s in shares.values()),
+            "max": max((s["longest"] or 0 for s in shares.values()), default=0),  # any source's longest row
         },
+        "max_length": max((s["max_length"] or 0 for s in shares.values()), default=0) or None,
     }
 
 
