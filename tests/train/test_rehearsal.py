@@ -18,7 +18,7 @@ def test_the_shipped_rehearsal_never_trains_on_the_regression_set():
     """The forgetting check stays a held-out measurement: no rehearsal row holds one of its answers."""
     rows = [json.loads(line) for line in SMOLLM2_REHEARSAL.read_text(encoding="utf-8").splitlines()]
     accepted = regression_answers([str(GENERAL_KNOWLEDGE)])
-    assert len(rows) >= 100 and len(accepted) >= 100
+    assert len(rows) >= 50 and len(accepted) >= 100
     for row in rows:
         question, answer = (m["content"] for m in row["messages"])
         assert not any(contains(f"{question} {answer}", a) for a in accepted), row
