@@ -73,7 +73,7 @@ def export_row(model: str, tracking_uri: str, source: str | None, fmt: str, prec
     row = {"export": f"{fmt}:{precision}", "verdict": "passed" if parity.passed else "refused"}
     row |= {
         k: parity.summary.get(k)
-        for k in ("agreement", "agreed_tokens", "reference_tokens", "diverged_answers")
+        for k in ("agreement", "agreed_tokens", "reference_tokens", "diverged_tokens", "diverged_answers")
     }
     row |= {k: parity.summary.get(k) for k in ("near_tie_divergences", "export_s", "load_s", "size_mb")}
     for name in METRICS:
