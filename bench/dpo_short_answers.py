@@ -1,6 +1,8 @@
 """The preference set docs/preference-tuning.md proves DPO with on SmolLM2-135M-Instruct.
 
     python -m bench.dpo_short_answers   # asks the base model; rewrites bench/dpo_short_answers_{train,held_out}.jsonl
+    python -m bench.dpo_short_answers --score RUN_ID --tracking-uri sqlite:///outputs/mlflow.db
+                                        # a DPO run's held-out answers before/after, by kind
 
 The questions are the general-knowledge ones the base model answers right (common/assets/
 general_knowledge.jsonl), each asked `<question> Reply with the answer only.`. The chosen reply is
@@ -65,13 +67,43 @@ def base_answers(prompts: list[str], max_new_tokens: int) -> list[str]:
     return [a["text"] for a in answers]
 
 
+def shares(rows: list[dict]) -> dict[str, float]:
+    """Of a run's held-out answers: the preferred kind (exactly the bare answer, what the run's exact
+    match counts), short ones (three words or fewer), right ones (the answer anywhere in it), stopped."""
+    kinds = {
+        "preferred": lambda r: r["answer"] == r["reference"],
+        "short": lambda r: len(r["answer"].split()) <= 3,
+        "right": lambda r: r["reference"].lower() in r["answer"].lower(),
+        "stop": lambda r: r["finish_reason"] == "stop",
+    }
+    return {name: sum(map(kind, rows)) / len(rows) for name, kind in kinds.items()} | {"prompts": len(rows)}
+
+
+def score_run(run_id: str, tracking_uri: str) -> dict[str, dict[str, float]]:
+    """`shares` of the run's eval/answers_before.json and eval/answers.json (the recipe logs both)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    scored = {}
+    for when, table in (("before", "answers_before"), ("after", "answers")):
+        logged = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/eval/{table}.json"))
+        scored[when] = shares([dict(zip(logged["columns"], row)) for row in logged["data"]])
+    return scored
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--held-out", type=int, default=40, help="held-out questions (the rest train)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-new-tokens", type=int, default=32, help="of the base model's answers")
     parser.add_argument("--out", type=Path, default=HERE, help="folder for the two .jsonl files")
+    parser.add_argument("--score", metavar="RUN_ID", help="score this DPO run's held-out answers instead")
+    parser.add_argument("--tracking-uri", default="sqlite:///outputs/mlflow.db", help="with --score")
     args = parser.parse_args(argv)
+    if args.score:
+        for when, kinds in score_run(args.score, args.tracking_uri).items():
+            print(when, "  ".join(f"{k} {v:.0%}" if k != "prompts" else f"of {v}" for k, v in kinds.items()))
+        return
 
     train, held_out = questions(args.held_out, args.seed)
     asked = train + held_out
