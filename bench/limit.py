@@ -7,11 +7,11 @@ the float32 matmul rate measured in the same run.
 What is reported (docs/speed.md explains the table):
 - `matmul`: float32 GFLOP/s of square matmuls (torch.mm, --matmul-size) with torch's threads,
   measured before and after the training rows; their mean is the limit the shares compare with.
-- training, per variant: `as configured` (the recipe's batches, padded to the longest row) and
-  `packed` (TRL's best-fit packing into padding-free rows, one attention per conversation:
-  `model.attn_implementation=varlen_sdpa`): real tokens/s (padding excluded: the attention mask's
-  ones, or every token of a padding-free row) over --steps optimizer steps after --warmup untimed
-  ones, and achieved GFLOP/s = tokens/s x (6N full fine-tune, 4N LoRA: N the model's parameters)
+- training, per variant: `as configured` (the recipe as it is: model=smollm2 packs), `padded` (each
+  conversation its own row, batches padded to the longest) and `packed` (TRL's best-fit packing into
+  padding-free rows, one attention per conversation: `model.attn_implementation=varlen_sdpa`):
+  real tokens/s (padding excluded: the attention mask's ones, or every token of a padding-free row)
+  over --steps optimizer steps after --warmup untimed ones, and achieved GFLOP/s = tokens/s x (6N full fine-tune, 4N LoRA: N the model's parameters)
   plus attention (6 x layers x hidden x L^2 per conversation of L tokens), as a share of matmul.
 - generation, greedy, --max-new-tokens: evaluation's generator (`common.generation.Generator`,
   left-padded batches of 16 as train/evaluate.py runs them) over the held-out prompts, batched and
@@ -34,6 +34,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_OVERRIDES = ["model=smollm2"]
 VARIANTS = {
     "as configured": [],
+    "padded": ["sft.packing=false", "sft.padding_free=false", "model.attn_implementation=sdpa"],
     "packed": ["sft.packing=true", "sft.padding_free=true", "model.attn_implementation=varlen_sdpa"],
 }
 
@@ -59,6 +60,7 @@ def compose(overrides: list[str]):
 
     import train.__main__  # noqa: F401  (registers the schemas and resolvers)
     from common.paths import PROJECT_ROOT
+    from train import gguf_model
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
@@ -66,6 +68,7 @@ def compose(overrides: list[str]):
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]
+        gguf_model.resolve_gguf(cfg.model)  # model=smollm2: the converted directory, as the recipe loads it
     return cfg
 
 
@@ -103,15 +106,17 @@ def train_variant(overrides: list[str], steps: int, warmup: int, workdir: Path) 
     """Real tokens/s and achieved GFLOP/s of `warmup + steps` optimizer steps of the recipe's trainer."""
     from trl import SFTTrainer
 
-    from train import data, model
+    from train import data, lengths, model
     from train.recipe import sft_args
 
     cfg = compose([*overrides, f"sft.max_steps={warmup + steps}", "sft.save_strategy=no", "sft.eval_strategy=no",
                    "sft.disable_tqdm=true", f"paths.output_dir={workdir}"])  # fmt: skip
     tokenizer = model.load_tokenizer(cfg.model)
-    splits, _ = data.load_splits(cfg, tokenizer)
+    splits, prepared = data.load_splits(cfg, tokenizer)
     net = model.load_model(cfg.model, cfg.peft, tokenizer)
-    trainer = SFTTrainer(model=net, args=sft_args(cfg), train_dataset=splits["train"],
+    args = sft_args(cfg)
+    lengths.set_training_length(args, cfg, prepared.stats)  # as training does (model=smollm2: from the data)
+    trainer = SFTTrainer(model=net, args=args, train_dataset=splits["train"],
                          processing_class=tokenizer, peft_config=model.lora_config(cfg.peft))  # fmt: skip
     counter, timer = TokenCount(trainer.data_collator), step_timer()
     trainer.data_collator = counter

@@ -378,6 +378,11 @@ def run_benchmark(cfg: DictConfig) -> dict:
     """Run every planned variant; write results JSON + markdown; return the results."""
     on_cuda = torch.cuda.is_available() and not cfg.sft.get("use_cpu", False)
     train_model.check_peft_hardware(cfg.peft)
+    if cfg.sft.max_length is None:  # model=smollm2's "from the data" (train.lengths)
+        raise BenchError(
+            "sft.max_length=null takes the length from the data; the benchmark times a fixed "
+            "sequence length and sizes its plan by it: set sft.max_length=<tokens>"
+        )
     plan = plan_variants(cfg, on_cuda)
     if cfg.bench.steps < 2 or cfg.bench.repeats < 1:
         raise BenchError("bench.steps: time at least 2 steps; bench.repeats: at least 1")

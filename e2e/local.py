@@ -179,7 +179,12 @@ def run_e2e(
         seconds["connect"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
-        answers = compare_front_ends(questions, base_url, key, FLOW_DIR, out_dir)
+        try:
+            answers = compare_front_ends(questions, base_url, key, FLOW_DIR, out_dir)
+        finally:  # promptflow's background service, should a flow test have started one: by its pid
+            from flow.service import stop_service
+
+            stop_service(out_dir / "promptflow")
         seconds["both front ends"] = time.perf_counter() - mark
     seconds["total"] = time.perf_counter() - started
 

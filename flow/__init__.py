@@ -8,3 +8,7 @@
 The custom tools' HTTP calls are `common.endpoint_client` (plain Python, no promptflow), which
 promptflow copies in beside them; `make e2e` (train, serve, connect, ask) is `python -m e2e`.
 """
+
+from common.quiet import quiet_known_noise
+
+quiet_known_noise()  # promptflow's own warning about its own secret reads (docs/quiet.md)

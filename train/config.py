@@ -230,6 +230,7 @@ class DataConfig:
     max_turns: Optional[int] = 1000  # noqa: UP045 - OmegaConf needs Optional
     # Conversations longer than max_length tokens: truncate (keep the whole turns that fit)
     # or drop. Both are counted in stats.json and listed in rejects.jsonl when dropped.
+    # null (sft.max_length=null, model=smollm2): the model's context (train/lengths.py).
     max_length: Optional[int] = "${sft.max_length}"  # noqa: UP045 - OmegaConf needs Optional
     length_policy: LengthPolicy = LengthPolicy.truncate
     # Hub datasets: config name and split expressions (`train_sft[:1%]`).
@@ -244,6 +245,19 @@ class DataConfig:
     # entries (MixSource above), each split into train and held-out before weighting.
     sources: list[MixSource] | None = None
     weight_by: MixWeighting = MixWeighting.rows  # what a weight multiplies: rows | tokens
+
+
+@dataclass
+class RehearsalConfig:
+    # Rehearsal against forgetting (train/rehearsal.py): the starting model's own answers to general
+    # prompts, added to `data` as one more weighted source (train/mixture.py) with its own held-out
+    # rows (eval_rehearsal_loss). null: none (the default; model=smollm2 sets it).
+    source: str | None = None
+    # As a data.sources weight: multiplies its training rows (or tokens, data.weight_by=tokens); 0: off.
+    weight: float = 1.0
+    # `python -m train.rehearsal` writes `source` by answering these (one question per line).
+    questions: str = "${paths.root_dir}/train/assets/rehearsal_questions.txt"
+    max_new_tokens: int = 64  # answers that do not stop within this are not kept
 
 
 @dataclass
@@ -440,6 +454,7 @@ def preference_schema(objective: Objective) -> type:
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    rehearsal: RehearsalConfig = field(default_factory=RehearsalConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
@@ -465,7 +480,8 @@ class TrainConfig:
     preview: int = 0
     # Train on about this many tokens of the training rows (their own tokens; padding not counted)
     # instead of sft.num_train_epochs: sets sft.max_steps from the prepared rows' mean length, the
-    # batch and the processes (train/sft.py). null: sft.max_steps / num_train_epochs as set.
+    # batch and the processes (train/sft.py); an sft.max_steps=N that is set wins over it.
+    # null: sft.max_steps / num_train_epochs as set.
     token_budget: int | None = None
 
 

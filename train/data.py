@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from datasets import Dataset, DatasetDict, concatenate_datasets
 from omegaconf import DictConfig
 
+from train import lengths
 from train.config import Objective, is_bundled_sample
 from train.errors import ConfigError
 from train.prepare import ChatTokenizer, DataError, Source, prepare
@@ -28,7 +29,7 @@ from train.prepare.preference import prepare_preferences
 log = logging.getLogger(__name__)
 
 # Bump when the prepared files' layout or content rules change: old cache entries then miss.
-PREPARE_VERSION = 3  # 3: special-token text refused, copies split together, max_turns
+PREPARE_VERSION = 4  # 4: preference stats give tokens p95/max; 3: special-token text refused, ...
 MANIFEST = "manifest.json"  # written last: a folder without it is incomplete
 MARKER = ".finetune-phi-prepared"  # written first: this folder holds a preparation and nothing else
 MARKER_TEXT = "prepared by finetune-phi (train.prepare); safe to delete\n"
@@ -85,8 +86,8 @@ def prepare_for(cfg: DictConfig, tokenizer=None) -> PreparedData:
     """Prepare `cfg.data` into `data.output_dir` (or the cache), reusing an identical earlier result.
 
     With a tokenizer the rows are also tokenized with `cfg.sft.assistant_only_loss`'s mask and
-    `data.max_length`/`data.length_policy` applied; without one (e.g. to upload the files) they
-    are validated, converted and split only.
+    `data.max_length` (null: the model's context, train.lengths)/`data.length_policy` applied;
+    without one (e.g. to upload the files) they are validated, converted and split only.
     """
     data_cfg = cfg.data
     train_source, eval_source = sources(data_cfg)
@@ -95,6 +96,7 @@ def prepare_for(cfg: DictConfig, tokenizer=None) -> PreparedData:
     chat_tokenizer = ChatTokenizer(tokenizer, cfg.sft.assistant_only_loss) if tokenizer is not None else None
     if chat_tokenizer is not None:  # refuse a template that cannot be masked before anything is prepared
         chat_tokenizer.check_template()
+    max_length = lengths.preparation_limit(cfg, tokenizer) if chat_tokenizer else None
     settings = {
         "version": PREPARE_VERSION,
         "source": opened_train.fingerprint,
@@ -107,7 +109,7 @@ def prepare_for(cfg: DictConfig, tokenizer=None) -> PreparedData:
         "test_size": None if opened_eval else data_cfg.test_size,
         "seed": cfg.seed,
         "tokenizer": chat_tokenizer.fingerprint() if chat_tokenizer else None,
-        "max_length": data_cfg.max_length if chat_tokenizer else None,
+        "max_length": max_length,
         "length_policy": data_cfg.length_policy if chat_tokenizer else None,
     }
     objective = Objective(cfg.get("method", Objective.sft))
@@ -130,7 +132,7 @@ def prepare_for(cfg: DictConfig, tokenizer=None) -> PreparedData:
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         (out / MARKER).write_text(MARKER_TEXT, encoding="utf-8")
-    stats = _prepare_rows(cfg, objective, opened_train, opened_eval, out, chat_tokenizer)
+    stats = _prepare_rows(cfg, objective, opened_train, opened_eval, out, chat_tokenizer, max_length)
     manifest.write_text(
         json.dumps({"key": key, "settings": settings, "source": opened_train.label}, indent=2) + "\n",
         encoding="utf-8",
@@ -139,7 +141,7 @@ def prepare_for(cfg: DictConfig, tokenizer=None) -> PreparedData:
 
 
 def _prepare_rows(
-    cfg: DictConfig, objective: Objective, opened_train, opened_eval, out: Path, chat_tokenizer
+    cfg: DictConfig, objective: Objective, opened_train, opened_eval, out: Path, chat_tokenizer, max_length
 ):
     """Validate, split and write the rows into `out`: preference rows for DPO/KTO, chat rows for SFT."""
     data_cfg = cfg.data
@@ -152,7 +154,7 @@ def _prepare_rows(
             test_size=data_cfg.test_size,
             seed=cfg.seed,
             tokenizer=chat_tokenizer,
-            max_length=data_cfg.max_length,
+            max_length=max_length,
             eval_source=opened_eval,
         )
     return prepare(
@@ -167,7 +169,7 @@ def _prepare_rows(
         merge_system_into_first_user=data_cfg.merge_system_into_first_user,
         max_turns=data_cfg.max_turns,
         tokenizer=chat_tokenizer,
-        max_length=data_cfg.max_length,
+        max_length=max_length,
         length_policy=data_cfg.length_policy,
     )
 
@@ -237,9 +239,10 @@ def load_splits(cfg: DictConfig, tokenizer) -> tuple[DatasetDict, PreparedData]:
     In a multi-process run, call it with the main process first (the others then find the cache).
     With `data.sources`, a weighted mixture of them (train.mixture), with `test:<name>` per source.
     """
-    if cfg.data.get("sources"):
-        from train.mixture import load_mixture
+    from train.mixture import load_mixture, with_rehearsal
 
+    cfg = with_rehearsal(cfg)  # rehearsal.source: one more source, mixed in
+    if cfg.data.get("sources"):
         return load_mixture(cfg, tokenizer, load_splits)
     prepared = prepare_for(cfg, tokenizer)
     stats = prepared.stats

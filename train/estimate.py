@@ -51,6 +51,7 @@ import torch
 from omegaconf import DictConfig
 
 from train.config import ModelDtype, PeftMethod, TrainingMethod
+from train.lengths import configured, training_length
 from train.model import ConfigError, loads_in_4bit, lora_config
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,8 @@ class Estimate:
     memory_gib: float
     fits: bool
     tokens_per_micro_batch: int
+    max_length: int  # the rows' length the micro-batch is sized for
+    max_length_note: str  # where it comes from, when not the configured number
     checkpointed_layers: int
     layers: int
     offload: bool
@@ -208,7 +211,8 @@ def activation_bytes(
     return tokens * kept * dtype_bytes + lm_head * dtype_bytes
 
 
-def estimate_memory(cfg: DictConfig, config, counts: dict[str, int]) -> dict[str, float]:
+def estimate_memory(cfg: DictConfig, config, counts: dict[str, int], max_length: int) -> dict[str, float]:
+    """Bytes per device of each part, for micro-batches of rows of `max_length` tokens."""
     method = cfg.peft.method
     dtype_bytes = _dtype_bytes(cfg.model, cfg.sft)
     total, trainable = counts["total"], counts["trainable"]
@@ -225,7 +229,6 @@ def estimate_memory(cfg: DictConfig, config, counts: dict[str, int]) -> dict[str
             base = total * dtype_bytes
         weights = base + trainable * LORA_BYTES
     preference = cfg.get("method", "sft") != "sft"
-    max_length = cfg[cfg.method].max_length if preference else cfg.sft.max_length
     sequences_per_row = 2 if cfg.get("method") == "dpo" else 1  # chosen and rejected in one forward
     tokens = cfg.sft.per_device_train_batch_size * max_length * sequences_per_row
     own_copy = preference and method == PeftMethod.none and not cfg[cfg.method].precompute_ref_log_probs
@@ -247,8 +250,9 @@ def estimate_memory(cfg: DictConfig, config, counts: dict[str, int]) -> dict[str
     }
 
 
-def count_tokens(cfg: DictConfig) -> tuple[int | None, int | None, str]:
-    """(train tokens, train rows, note) of the prepared data; None with the reason when unavailable."""
+def count_tokens(cfg: DictConfig) -> tuple[int | None, int | None, str, dict | None]:
+    """(train tokens, train rows, note, stats.json) of the prepared data; None with the reason when
+    unavailable."""
     from train import data, model
 
     try:
@@ -256,14 +260,25 @@ def count_tokens(cfg: DictConfig) -> tuple[int | None, int | None, str]:
         prepared = data.prepare_for(cfg, tokenizer)
     except Exception as err:  # offline hub ids, missing files: the memory part still stands
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        return None, None, f"unavailable ({type(err).__name__}: {reason})"
+        return None, None, f"unavailable ({type(err).__name__}: {reason})", None
     tokens, rows = prepared.stats["tokens"]["train"], prepared.stats["train"]
     note = f"prepared in {prepared.dir}"
     cap = cfg.data.max_train_rows
     if cap and rows > cap:  # training uses the first `cap` rows
         tokens, rows = round(tokens * cap / rows), cap
         note += f"; scaled to data.max_train_rows={cap}"
-    return tokens, rows, note
+    return tokens, rows, note, prepared.stats
+
+
+def estimate_length(cfg: DictConfig, config, stats: dict | None) -> tuple[int, str]:
+    """(max_length the memory is sized for, where it comes from): the configured one, else the
+    longest prepared row as training takes it (train.lengths), else the model's context."""
+    if configured(cfg) is not None:
+        return configured(cfg), ""
+    if stats and (stats.get("tokens") or {}).get("max"):
+        return training_length(cfg, stats).max_length, " (from the data: the longest kept row)"
+    context = getattr(config, "max_position_embeddings", None) or 2048
+    return context, " (from the data, unread here: sized for the model's context, the worst case)"
 
 
 def _method(peft_cfg) -> TrainingMethod:
@@ -310,7 +325,8 @@ def throughput_of(hardware, method: TrainingMethod, params: int, devices: int) -
 def peak_memory_gib(cfg: DictConfig) -> float:
     """The memory part of the estimate alone (no tokenizer, no data): GiB per device."""
     config = model_config(cfg.model)
-    memory = estimate_memory(cfg, config, count_parameters(config, cfg.peft))
+    max_length, _ = estimate_length(cfg, config, None)
+    memory = estimate_memory(cfg, config, count_parameters(config, cfg.peft), max_length)
     return _total(memory) / GIB
 
 
@@ -321,16 +337,17 @@ def _total(memory: dict) -> float:
 def build_estimate(cfg: DictConfig) -> Estimate:
     config = model_config(cfg.model)
     counts = count_parameters(config, cfg.peft)
-    memory = estimate_memory(cfg, config, counts)
+    train_tokens, rows, note, stats = count_tokens(cfg)
+    max_length, length_note = estimate_length(cfg, config, stats)
+    memory = estimate_memory(cfg, config, counts, max_length)
     total = _total(memory)
     machine, memory_gib, devices = describe_machine(cfg.hardware)
 
-    train_tokens, rows, note = count_tokens(cfg)
     sft = cfg.sft
     global_batch = sft.per_device_train_batch_size * sft.gradient_accumulation_steps * devices
     total_tokens = None
     if sft.max_steps and sft.max_steps > 0 and rows:  # max_steps wins over epochs, as in the Trainer
-        per_row = sft.max_length if sft.packing else min(sft.max_length, train_tokens / rows)
+        per_row = max_length if sft.packing else min(max_length, train_tokens / rows)
         total_tokens = round(sft.max_steps * global_batch * per_row)
     elif train_tokens is not None:
         total_tokens = round(train_tokens * sft.num_train_epochs)
@@ -353,6 +370,8 @@ def build_estimate(cfg: DictConfig) -> Estimate:
         memory_gib=memory_gib,
         fits=total / GIB <= 0.9 * memory_gib,  # ~10% for the CUDA context and fragments
         tokens_per_micro_batch=memory["tokens_per_micro_batch"],
+        max_length=max_length,
+        max_length_note=length_note,
         checkpointed_layers=memory["checkpointed_layers"],
         layers=config.num_hidden_layers,
         offload=memory["offload"],
@@ -401,8 +420,7 @@ def report(est: Estimate, cfg: DictConfig) -> str:
         "",
         f"Estimate for {est.model} ({est.method}) on {est.machine}; no weights loaded.",
         f"  parameters     {est.params:,} ({est.trainable_params:,} trainable)",
-        f"  memory per device, {sft.per_device_train_batch_size} x "
-        f"{cfg[cfg.method].max_length if cfg.get('method', 'sft') != 'sft' else sft.max_length}"
+        f"  memory per device, {sft.per_device_train_batch_size} x {est.max_length}{est.max_length_note}"
         f"{' x 2 (chosen and rejected)' if cfg.get('method') == 'dpo' else ''} = "
         f"{est.tokens_per_micro_batch:,} tokens per micro-batch, {_checkpointing_text(est)}:",
         f"    weights      {est.weights_gib:8.2f} GiB",

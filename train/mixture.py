@@ -28,10 +28,51 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict, concatenate_datasets
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from train.config import MixWeighting
+from train.config import MixSource, MixWeighting
 from train.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+REHEARSAL = "rehearsal"  # the source name of `rehearsal.source` (train/rehearsal.py)
+
+
+def with_rehearsal(cfg: DictConfig) -> DictConfig:
+    """The config with `rehearsal.source` as one more source of `data` (a mixture of one if `data`
+    is a single source); unchanged without one, with weight 0, or for preference data (the rehearsal
+    rows are SFT conversations)."""
+    rehearsal = cfg.get("rehearsal")
+    if not rehearsal or not rehearsal.source or not rehearsal.weight:
+        return cfg
+    if cfg.get("method", "sft") != "sft":
+        log.info("rehearsal.source is SFT data: not mixed into method=%s's preference pairs", cfg.method)
+        return cfg
+    mixed = cfg.copy()
+    with open_dict(mixed):
+        if not mixed.data.sources:
+            data = mixed.data
+            mixed.data.sources = [
+                MixSource(
+                    name=data.name,
+                    source=data.source,
+                    eval_source=data.eval_source,
+                    split=data.split,
+                    eval_split=data.eval_split,
+                )  # fmt: skip
+            ]
+        mixed.data.sources.append(MixSource(name=REHEARSAL, source=rehearsal.source, weight=rehearsal.weight))
+        mixed.rehearsal.source = None  # now a source: each source's own config mixes nothing more in
+    return mixed
+
+
+def answered_held_out(splits: DatasetDict) -> Dataset:
+    """The held-out rows whose answers measure learning: all but the rehearsal's (those are the
+    starting model's own answers, which it matches before any training)."""
+    if f"test:{REHEARSAL}" not in splits:
+        return splits["test"]
+    return concatenate_datasets(
+        [v for k, v in splits.items() if k.startswith("test:") and k != f"test:{REHEARSAL}"]
+    )
 
 
 def _source_cfg(cfg: DictConfig, entry) -> DictConfig:
@@ -109,6 +150,8 @@ def load_mixture(cfg: DictConfig, tokenizer, load_one) -> tuple[DatasetDict, obj
             "tokens": sum(tokens[i] for i in picked),
             "trained_tokens": sum(trained[i] for i in picked),
             "test_rows": len(splits["test"]),
+            "longest": (prepared.stats.get("tokens") or {}).get("max"),  # max_length from the data
+            "max_length": prepared.stats.get("max_length"),  # the cap its preparation used
         }
     train = concatenate_datasets(trains).shuffle(seed=cfg.seed)
     for key in ("rows", "tokens", "trained_tokens"):
@@ -136,7 +179,9 @@ def _stats(shares: dict, train: Dataset, tests: dict) -> dict:
         "tokens": {
             "train": sum(s["tokens"] for s in shares.values()),
             "train_trained": sum(s["trained_tokens"] for s in shares.values()),
+            "max": max((s["longest"] or 0 for s in shares.values()), default=0),  # any source's longest row
         },
+        "max_length": max((s["max_length"] or 0 for s in shares.values()), default=0) or None,
     }
 
 

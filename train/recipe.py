@@ -68,6 +68,7 @@ from train import (
     evaluate,
     gguf_model,
     launch,
+    lengths,
     model,
     preference,
     start_model,
@@ -75,6 +76,7 @@ from train import (
     tracking,
 )
 from train.config import Objective, PeftMethod, PeftSave, sft_schema
+from train.mixture import answered_held_out
 from train.prepare import preview
 from train.sft import sft_args, steps_for_token_budget
 
@@ -112,6 +114,7 @@ class Setup:
     resume_from: Path | None
     stop_on_signal: checkpoint.StopOnSignal
     sharded: bool  # FSDP or ZeRO-3: no rank holds the whole model
+    length: lengths.TrainingLength  # the trainer's max_length and where it comes from
 
     @property
     def gathered_dir(self) -> Path:
@@ -137,9 +140,12 @@ def set_up(cfg: DictConfig) -> Setup:
     tokenizer = model.load_tokenizer(cfg.model)
     with args.main_process_first(desc="preparing data"):  # one rank per node writes the files
         splits, prepared = data.load_splits(cfg, tokenizer)
+    length = lengths.set_training_length(args, cfg, prepared.stats)  # sft.max_length=null: from the data
     if cfg.preview and sft:
         print(preview.render(cfg, tokenizer, prepared, cfg.preview))
-    if cfg.token_budget and sft:  # preference rows count their tokens differently
+    if cfg.token_budget and sft and args.max_steps > 0:  # the command line's sft.max_steps=N wins
+        log.info("sft.max_steps=%d: token_budget %d not used", args.max_steps, cfg.token_budget)
+    elif cfg.token_budget and sft:  # preference rows count their tokens differently
         args.max_steps = steps_for_token_budget(args, cfg.token_budget, prepared.stats)
         log.info("token_budget %d: %d optimizer steps", cfg.token_budget, args.max_steps)
     build = (
@@ -168,6 +174,7 @@ def set_up(cfg: DictConfig) -> Setup:
         resume_from,
         stop_on_signal,
         _weights_sharded(trainer),
+        length,
     )
 
 
@@ -203,7 +210,8 @@ def answer_held_out(cfg: DictConfig, setup: Setup, when: str) -> tuple[dict[str,
     n = 0 if setup.sharded else cfg.eval.generate_samples
     if not n:
         return rewards, []
-    conversations = [m for m in setup.splits["test"]["messages"] if m]  # KTO: the good completions' prompts
+    held_out = answered_held_out(setup.splits)  # not the rehearsal's rows: the base model's own answers
+    conversations = [m for m in held_out["messages"] if m]  # KTO: the good completions' prompts
     log.info("answering %d held-out prompts %s training", min(n, len(conversations)), when)
     scores, answers = evaluate.exact_match_eval(
         setup.trainer.model,
@@ -315,12 +323,13 @@ def summarize(
     """summary.json in the run folder and the printed summary; returns the metrics."""
     summary = {
         "held_out_rows": held_out_rows,  # the answers exact match and stop rate are measured on
-        "held_out_total": len(setup.splits["test"]),
+        "held_out_total": len(answered_held_out(setup.splits)),
         "run_dir": str(setup.output_dir),
         "mlflow_run_id": run_id,
         "tracking_uri": mlflow.get_tracking_uri(),
         "registered_model": f"{version.name}/{version.version}" if version else None,
         "resumed_from": str(setup.resume_from) if setup.resume_from else None,
+        "max_length": setup.length.describe(),
         "metrics": metrics,
         "process_cpu_seconds": time.process_time(),  # the whole run so far (all threads)
     }
@@ -377,7 +386,12 @@ def _mlflow_run(cfg: DictConfig, output_dir: Path, resume_from: Path | None):
 def _log_settings(cfg: DictConfig, setup: Setup, continued: bool) -> None:
     """Tags, params (once per MLflow run), the resolved config, the chat template, the data's stats."""
     mlflow.set_tags(
-        {**_recipe_tags(cfg), "world_size": str(setup.trainer.args.world_size), **cfg.logger.tags}
+        {
+            **_recipe_tags(cfg),
+            "world_size": str(setup.trainer.args.world_size),
+            "max_length": setup.length.describe(),  # sft.max_length=null: the value taken from the data
+            **cfg.logger.tags,
+        }
     )
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     if setup.resume_from is not None:
@@ -433,6 +447,7 @@ def print_summary(summary: dict) -> None:
         "",
         "Fine-tune finished.",
         f"  run dir        {summary['run_dir']}",
+        f"  max_length     {summary.get('max_length')}",
     ]
     if "train_loss_first" in m:
         lines.append(f"  train loss     {m['train_loss_first']:.3f} -> {m['train_loss_last']:.3f}")

@@ -42,7 +42,10 @@ def sft_kwargs(cfg: DictConfig) -> dict:
 
 def steps_for_token_budget(args, token_budget: int, stats: dict) -> int:
     """Optimizer steps that train on about `token_budget` tokens of the prepared training rows:
-    the budget over (mean tokens per row x rows per optimizer step), at least one."""
+    the budget over (tokens per sequence x sequences per optimizer step), at least one. A sequence
+    is a row, or with packing a pack of rows filled up to `args.max_length` (set from the data
+    when sft.max_length is null: train.lengths)."""
     mean_row_tokens = stats["tokens"]["train"] / max(stats["train"], 1)
-    rows_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-    return max(1, round(token_budget / (mean_row_tokens * rows_per_step)))
+    per_sequence = args.max_length if args.packing else mean_row_tokens
+    sequences_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    return max(1, round(token_budget / (per_sequence * sequences_per_step)))

@@ -297,3 +297,11 @@ def _tiny_model(cfg):
     from train import model as train_model
 
     return train_model.load_model(cfg.model, cfg.peft, train_model.load_tokenizer(cfg.model))
+
+
+def test_a_length_from_the_data_is_refused_naming_the_key(compose_bench):
+    """sft.max_length=null (model=smollm2's preset): the benchmark times a fixed length and says so."""
+    from bench.throughput import BenchError, run_benchmark
+
+    with pytest.raises(BenchError, match=r"sft.max_length=<tokens>"):
+        run_benchmark(compose_bench("sft.max_length=null"))

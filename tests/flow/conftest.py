@@ -48,6 +48,9 @@ def isolated_promptflow_home():
             "refusing to touch that store"
         )
     yield PF_HOME
+    from flow.service import stop_service
+
+    stop_service(PF_HOME)  # promptflow's background service, had a test started one: by its pid
     shutil.rmtree(PF_HOME, ignore_errors=True)
 
 

@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import requests
@@ -270,3 +271,49 @@ def test_connect_cli_turns_telemetry_off_and_prints_no_key(tmp_path):
     assert KEY not in result.stdout + result.stderr
     assert "enabled: false" in (home / "pf.yaml").read_text()
     assert list(cwd.iterdir()) == []  # no Hydra output folder, no log file
+
+
+def test_the_service_pf_flow_test_leaves_running_is_stopped_by_its_pid(tmp_path, fake_endpoint):
+    """The documented `pf flow test`, in a fresh promptflow home with promptflow's own trace
+    default: it starts promptflow's service, which outlives it; flow.service stops it by pid.
+    promptflow's one warning about its own secret reads: printed by `pf`, filtered where the
+    project runs a flow (PFClient().test after importing `flow`, as make e2e does)."""
+    import psutil
+
+    from flow.service import service_pids, stop_service
+
+    home = tmp_path / "pf-home"
+    home.mkdir()
+    (home / "pf_version_check.json").write_bytes((PF_HOME / "pf_version_check.json").read_bytes())
+    env = {**os.environ, "FINETUNE_PHI_ENDPOINT_KEY": KEY, "PF_HOME_DIRECTORY": str(home)}
+    port, route = port_and_route(fake_endpoint.url)
+    in_process = (  # as make e2e runs a flow: `flow` imported (its filters), then promptflow's runner
+        "import flow; from promptflow.client import PFClient; "
+        f"print(PFClient().test(flow={str(FLOW_DIR / 'chat')!r}, inputs={{'question': 'hi'}}))"
+    )
+    try:
+        outputs = [_run_for_output(command, fake_endpoint, env, tmp_path) for command in (
+            [sys.executable, "-m", "flow.connect", f"target.port={port}", f"target.route={route}"],
+            [str(Path(sys.executable).parent / "pf"), "flow", "test", "--flow", str(FLOW_DIR / "chat"),
+             "--inputs", "question=hi"],
+            [sys.executable, "-c", in_process],
+        )]  # fmt: skip
+        pids = service_pids(home)
+    finally:  # never leave it running, whatever failed
+        stopped = stop_service(home)
+    _, cli, project = outputs
+    assert '"answer": "two"' in cli and "{'answer': 'two'}" in project
+    warned = [line for line in cli.splitlines() if "warn" in line.lower()]
+    assert len(warned) == 1 and "Please use connection.secrets[key]" in warned[0]  # promptflow's own
+    assert "warn" not in project.lower()
+    assert pids, "promptflow's service was expected to outlive `pf flow test` with tracing on"
+    assert stopped == pids
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in pids)
+    assert service_pids(home) == []
+
+
+def _run_for_output(command: list[str], fake_endpoint, env: dict, cwd) -> str:
+    fake_endpoint.answer((200, {"choices": [{"message": {"role": "assistant", "content": "two"}}]}))
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout + done.stderr

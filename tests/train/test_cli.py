@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import sys
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from transformers import AutoTokenizer
 
+from common.paths import PROJECT_ROOT
 from tests.conftest import QUICK_TRAIN, run_module
+from train.tiny_model import ensure_tiny_phi3
 
 pytestmark = pytest.mark.slow
 
@@ -140,3 +145,26 @@ def test_no_azure_login_is_one_line_saying_az_login(tmp_path):
     assert "Traceback" not in result.stderr and "experimental class" not in result.stderr
     (line,) = [line for line in result.stderr.splitlines() if "WARNING" in line or line.startswith("error")]
     assert line.startswith("error: no Azure login that works here: run `az login`")
+
+
+def test_the_csv_example_trains_quietly_and_sft_max_steps_wins_over_the_budget(tmp_path):
+    """examples/chats.csv (prompt,completion), as the README trains it: no traceback, no warning
+    line, and the command line's sft.max_steps is what trains, not a preset's token_budget."""
+    result = train_cli(
+        "data.source=examples/chats.csv", "model.demo_only=false", "token_budget=100000", *QUICK_TRAIN,
+        tmp_path=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    assert [line for line in output.splitlines() if "warn" in line.lower()] == []
+    assert "sft.max_steps=2: token_budget 100000 not used" in output
+    (summary,) = (tmp_path / "outputs").rglob("summary.json")
+    metrics = json.loads(summary.read_text())["metrics"]
+    tokenizer = AutoTokenizer.from_pretrained(ensure_tiny_phi3())
+    with open(PROJECT_ROOT / "examples" / "chats.csv", newline="", encoding="utf-8") as f:
+        rows = [[{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}]
+                for r in csv.DictReader(f)]  # fmt: skip
+    longest = max(len(tokenizer.apply_chat_template(r, tokenize=True, return_dict=False)) for r in rows)
+    batch = 32  # conf/sft/default.yaml's per_device_train_batch_size
+    assert 0 < metrics["num_input_tokens_seen"] <= 2 * batch * longest  # 2 steps, not the budget's ~150

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 import transformers
@@ -193,3 +194,22 @@ def test_dpo_counts_its_reference_and_both_sequences(compose_train, tmp_path, no
     assert full.tokens_per_micro_batch == 2 * sft.tokens_per_micro_batch  # chosen and rejected
     assert full.activations_gib > 1.9 * sft.activations_gib
     assert full.total_gib - precomputed.total_gib == pytest.approx(full.weights_gib)
+
+
+def test_from_the_data_the_micro_batch_is_sized_by_the_longest_row(
+    compose_train, tmp_path, no_weights, capsys
+):
+    """sft.max_length=null: the memory is sized for the longest prepared row, as training takes it."""
+    cfg = compose_train("estimate=true", "sft.max_length=null", tmp=tmp_path)
+    est = estimate(cfg)
+    prepared = data.prepare_for(cfg, load_tokenizer(cfg.model))
+    longest = max(
+        len(ids)
+        for split in ("train", "test")
+        for ids in pq.read_table(prepared.dir / f"{split}.tokens.parquet")["input_ids"].to_pylist()
+    )
+    assert est.max_length == longest
+    assert est.tokens_per_micro_batch == cfg.sft.per_device_train_batch_size * longest
+    assert f"{cfg.sft.per_device_train_batch_size} x {longest} (from the data: the longest kept row)" in (
+        capsys.readouterr().out
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from mlflow.tracking import MlflowClient
 
 from common.paths import PROJECT_ROOT
@@ -30,6 +31,7 @@ def test_sources_are_split_before_weighting_and_evaluated_one_by_one(tmp_path):
         "data.sources.0.weight=0.5",
         f"data.sources.1.source={b}",
         "data.sources.1.weight=2.5",
+        "sft.max_length=null",  # from the data: the longest row of either source
         "sft.max_steps=2",
         "sft.disable_tqdm=true",
         "logger.log_model=false",
@@ -59,6 +61,14 @@ def test_sources_are_split_before_weighting_and_evaluated_one_by_one(tmp_path):
     assert len(held_out) == general["test_rows"] + domain["test_rows"]  # unweighted, never copied
     trained = {json.dumps(m) for m in _trained_messages(cfg, shares)}
     assert not any(json.dumps(row["messages"]) in trained for row in held_out)
+    longest = max(
+        len(ids)
+        for share in shares.values()
+        for split in ("train", "test")
+        for ids in pq.read_table(Path(share["prepared"]) / f"{split}.tokens.parquet")["input_ids"].to_pylist()
+    )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["max_length"].startswith(f"{longest} tokens, from the data")
 
 
 def _trained_messages(cfg, shares) -> list:

@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException
 from mlflow.tracking import MlflowClient
+from transformers import AutoTokenizer
 
 from tests.conftest import compose_config, register_tiny_model, run_module
 from train.preference import preference_args
 from train.recipe import run
+from train.tiny_model import ensure_tiny_phi3
 
 
 def _pairs(path: Path, n: int = 48, seed: int = 0) -> Path:
@@ -149,11 +151,13 @@ def test_dpo_run_is_tracked_and_registered_like_sft(dpo_run):
 
 
 def test_kto_trains_on_pairs_unpaired(tmp_path):
+    pairs = _pairs(tmp_path / "pairs.jsonl", n=24)
     cfg = compose_config(
         "method=kto",
         "data=local",
         "model.demo_only=false",  # the tiny model on these rows: this tests the method, not learning
-        f"data.source={_pairs(tmp_path / 'pairs.jsonl', n=24)}",
+        f"data.source={pairs}",
+        "sft.max_length=null",  # kto.max_length follows it: from the data, the longest sequence
         "sft.max_steps=3",
         "sft.per_device_train_batch_size=8",
         "sft.learning_rate=1e-3",
@@ -163,3 +167,14 @@ def test_kto_trains_on_pairs_unpaired(tmp_path):
     )
     metrics = run(cfg)
     assert metrics["reward_margin_after"] > metrics["reward_margin_before"] == 0
+    tokenizer = AutoTokenizer.from_pretrained(ensure_tiny_phi3())
+    longest = max(
+        len(tokenizer.apply_chat_template(
+            [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row[answer]}],
+            tokenize=True, return_dict=False,
+        ))
+        for row in map(json.loads, pairs.read_text().splitlines())
+        for answer in ("chosen", "rejected")
+    )  # fmt: skip
+    summary = json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
+    assert summary["max_length"].startswith(f"{longest} tokens, from the data")

@@ -3,6 +3,8 @@ file and converted once (the `smollm2` fixture); and `model.gguf_file` for any G
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from common.generation_tasks import GENERAL_KNOWLEDGE
@@ -57,3 +59,57 @@ def test_a_missing_gguf_file_is_one_line_naming_the_key(tmp_path):
     assert done.returncode == 2, done.stderr
     (line,) = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert "model.gguf_file=absent.gguf" in line and str(tmp_path / "absent.gguf") in line
+
+
+def test_a_long_sharegpt_row_is_kept_whole_with_the_preset(smollm2, tmp_path):
+    """model=smollm2 takes max_length from the data: a 300-token reply is no longer cut at 96."""
+    from transformers import AutoTokenizer
+
+    reply = " ".join(["The river bends past the old mill and the lantern glows."] * 20)
+    rows = [
+        {
+            "conversations": [
+                {"from": "human", "value": "Tell me about the river."},
+                {"from": "gpt", "value": reply},
+            ]
+        },
+        {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]},
+        {"conversations": [{"from": "human", "value": "Name a colour."}, {"from": "gpt", "value": "Blue."}]},
+    ]
+    source = tmp_path / "mine.json"
+    source.write_text(json.dumps(rows), encoding="utf-8")
+    messages = [
+        {"role": "user", "content": "Tell me about the river."},
+        {"role": "assistant", "content": reply},
+    ]
+    expected = len(
+        AutoTokenizer.from_pretrained(smollm2).apply_chat_template(messages, tokenize=True, return_dict=False)
+    )
+    assert expected > 200
+    out = tmp_path / "prepared"
+    done = run_module(
+        "train.prepare", "model=smollm2", f"data.source={source}", f"data.output_dir={out}",
+        f"paths.output_root={tmp_path}/outputs",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    stats = json.loads((out / "stats.json").read_text())
+    assert (stats["over_max_length"], stats["kept"], stats["tokens"]["max"]) == (0, 3, expected)
+    assert f"{expected} tokens, from the data: the longest kept row" in done.stdout
+    assert "rows kept up to 8192 tokens, the model's context" in done.stdout
+
+
+def test_the_csv_example_prepares_with_the_preset_quietly(smollm2, tmp_path):
+    """The README's `model=smollm2 data.source=examples/chats.csv`: its prompt,completion columns
+    prepare whole, with no warning line and no traceback."""
+    out = tmp_path / "prepared"
+    done = run_module(
+        "train.prepare", "model=smollm2", "data.source=examples/chats.csv", f"data.output_dir={out}",
+        f"paths.output_root={tmp_path}/outputs",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    assert (
+        "Traceback" not in output and [line for line in output.splitlines() if "warn" in line.lower()] == []
+    )
+    stats = json.loads((out / "stats.json").read_text())
+    assert (stats["formats"], stats["kept"], stats["over_max_length"]) == ({"prompt_completion": 100}, 100, 0)

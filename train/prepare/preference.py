@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from train.config import Objective, OnError
 from train.prepare.formats import RowError, _from_turns, _require_object, _text
 from train.prepare.pipeline import SKIP_HINT, _write_jsonl, split
@@ -116,7 +118,7 @@ def completions(row: dict) -> list[list[dict]]:
 class _Row:
     origin: dict
     row: dict
-    lengths: tuple[int, int] = (0, 0)  # (tokens of every sequence, completion tokens)
+    lengths: tuple[int, int, int] = (0, 0, 0)  # (tokens of every sequence, completion tokens, longest)
 
     @property
     def location(self) -> str:
@@ -125,27 +127,32 @@ class _Row:
 
 
 def _check_rendering(row: dict, tokenizer: ChatTokenizer, max_length: int | None) -> tuple[str | None, tuple]:
-    """(problem or None, (all tokens, completion tokens)); "too long" problems start with '>'."""
+    """(problem or None, (all tokens, completion tokens, longest sequence)); "too long" problems
+    start with '>'."""
     tok = tokenizer.tokenizer
     prompt_ids = tok.apply_chat_template(
         row["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False
     )
-    total = trained = 0
+    total = trained = longest = 0
     for completion, encoded in zip(
         completions(row), tokenizer.encode([row["prompt"] + c for c in completions(row)])
     ):
         if encoded.problem:
-            return encoded.problem, (0, 0)
+            return encoded.problem, (0, 0, 0)
         full = tok.apply_chat_template(row["prompt"] + completion, tokenize=True, return_dict=False)
         if list(full[: len(prompt_ids)]) != list(prompt_ids):
             return (
                 "the prompt rendered with the generation prompt is not the start of the prompt and completion "
                 f"rendered together, so the completion cannot be scored alone: {tokenizer._ways_out()}"
-            ), (0, 0)
+            ), (0, 0, 0)
         if max_length and len(full) > max_length:
-            return f">{len(full)} tokens > max_length {max_length}: dropped", (0, 0)
-        total, trained = total + len(full), trained + len(full) - len(prompt_ids)
-    return None, (total, trained)
+            return f">{len(full)} tokens > max_length {max_length}: dropped", (0, 0, 0)
+        total, trained, longest = (
+            total + len(full),
+            trained + len(full) - len(prompt_ids),
+            max(longest, len(full)),
+        )
+    return None, (total, trained, longest)
 
 
 def prepare_preferences(
@@ -190,6 +197,9 @@ def prepare_preferences(
             "train": sum(r.lengths[0] for r in train),
             "test": sum(r.lengths[0] for r in test),
             "train_trained": sum(r.lengths[1] for r in train),
+            # per sequence (prompt + one completion): what max_length bounds, and takes from the data
+            "p95": int(np.percentile([r.lengths[2] for r in train + test], 95)),
+            "max": max(r.lengths[2] for r in train + test),
         }
     for name, rows in (("train", train), ("test", test)):
         _write_jsonl(output_dir / f"{name}.jsonl", [_written(r) for r in rows])
