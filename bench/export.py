@@ -5,9 +5,10 @@ python -m bench.export --model models:/tiny-longrope/1 --tracking-uri ... --sour
     --exports onnx:fp32 gguf:f16 --max-rows 64 --max-new-tokens 64
 
 Each export runs `python -m deploy action=export` in this process (deploy.export.action.run_export,
-not logged: `export.log=false`) and records the gate's summary (greedy token agreement, diverged
-answers and near ties, the tier's verdict), the evaluation metrics beside the MLflow model's,
-export and load seconds and the size. A refused export is a row too: that is the measurement.
+not logged: `export.log=false`) and records the gate's summary (greedy token agreement by teacher
+forcing, the positions that differ and how many at near ties, the free-running answers that differ,
+the tier's verdict), the evaluation metrics beside the MLflow model's, export and load seconds and
+the size. A refused export is a row too: that is the measurement.
 The heavy comparisons live here, not in the tests: CI runs one export per format on the tiny model.
 Results: bench/results/<date>-export-<slug>.json and .md.
 """
@@ -72,7 +73,7 @@ def export_row(model: str, tracking_uri: str, source: str | None, fmt: str, prec
     row = {"export": f"{fmt}:{precision}", "verdict": "passed" if parity.passed else "refused"}
     row |= {
         k: parity.summary.get(k)
-        for k in ("agreement", "agreed_tokens", "reference_tokens", "diverged_answers")
+        for k in ("agreement", "agreed_tokens", "reference_tokens", "diverged_tokens", "diverged_answers")
     }
     row |= {k: parity.summary.get(k) for k in ("near_tie_divergences", "export_s", "load_s", "size_mb")}
     for name in METRICS:
@@ -101,8 +102,9 @@ def main() -> None:
         ("agreement", "agreement", ".4f"),
         ("tokens agreed", "agreed_tokens", "d"),
         ("of", "reference_tokens", "d"),
-        ("diverged", "diverged_answers", "d"),
-        ("near ties", "near_tie_divergences", "d"),
+        ("differ", "diverged_tokens", "d"),
+        ("at near ties", "near_tie_divergences", "d"),
+        ("answers differ", "diverged_answers", "d"),
         *((f"{m} Δ", f"{m}_delta", "+.3f") for m in METRICS),
         ("export s", "export_s", ".1f"),
         ("load s", "load_s", ".2f"),

@@ -89,13 +89,15 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if not setup.trainer.is_world_process_zero():
         return train(cfg, setup)  # the collectives of training, evaluation and the sharded save
     with track(cfg, setup) as mlflow_run:
-        before, _ = answer_held_out(cfg, setup, "before")
+        before, answers_before = answer_held_out(cfg, setup, "before")
         asked_before = ask_tasks(cfg, setup, "before")
         trained = train(cfg, setup)
         after, answers = answer_held_out(cfg, setup, "after")
         asked_after = ask_tasks(cfg, setup, "after")
         metrics = before | trained | after | evaluate.task_metrics(asked_before, asked_after)
-        log_results(setup, metrics, answers, asked_before | asked_after)
+        log_results(
+            setup, metrics, {"answers_before": answers_before, "answers": answers}, asked_before | asked_after
+        )
         version = log_and_register(cfg, setup, metrics, mlflow_run.info.run_id)
     return summarize(setup, metrics, mlflow_run.info.run_id, version, held_out_rows=len(answers))
 
@@ -265,14 +267,14 @@ def train(cfg: DictConfig, setup: Setup) -> dict[str, float]:
 
 
 def log_results(
-    setup: Setup, metrics: dict[str, float], answers: list[dict], asked: dict[str, list[dict]]
+    setup: Setup, metrics: dict[str, float], answers: dict[str, list[dict]], asked: dict[str, list[dict]]
 ) -> None:
-    """The final metrics, the held-out answers and the tasks' answers as tables, the loss curve."""
-    if answers:
-        mlflow_tables.log_table(  # mlflow.log_table fails on Azure ML's tracking server: see there
-            {k: [a[k] for a in answers] for k in ("prompt", "reference", "answer", "finish_reason")},
-            "eval/answers.json",
-        )
+    """The final metrics, the held-out answers before and after training (eval/answers_before.json,
+    eval/answers.json) and the tasks' answers as tables, the loss curve."""
+    for name, rows in answers.items():
+        if rows:  # mlflow.log_table fails on Azure ML's tracking server: see mlflow_tables
+            columns = ("prompt", "reference", "answer", "finish_reason")
+            mlflow_tables.log_table({k: [a[k] for a in rows] for k in columns}, f"eval/{name}.json")
     for name, rows in asked.items():
         mlflow_tables.log_table(rows, f"eval/{name}.json")
     mlflow.log_metrics(metrics)

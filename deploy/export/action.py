@@ -21,7 +21,7 @@ from deploy.evaluate.cases import held_out_cases
 from deploy.export.errors import ExportRefused
 from deploy.export.files import missing_in_export, original_context, read_json
 from deploy.export.gguf import export_gguf
-from deploy.export.onnx import export_onnx
+from deploy.export.onnx import export_onnx, exports_adapter
 from deploy.export.parity import Parity, gate_prompts, parity_table, run_gate
 from deploy.export.runtimes import LlamaCpp, OnnxRuntimeGenAI
 from deploy.export.source import Source, write_source
@@ -55,19 +55,19 @@ def run_export(cfg) -> Parity:
             else convert(cfg, fmt, precision, source, out, Path(work))
         )
         export_s = time.perf_counter() - started
-        model_dir = source.base_dir if fmt == "onnx" and source.base_dir else source.merged_dir
-        if missing := missing_in_export(
-            fmt, artifact, model_dir, fmt == "onnx" and source.adapter_dir is not None
-        ):
+        adapter = fmt == "onnx" and exports_adapter(source, precision)
+        model_dir = source.base_dir if adapter else source.merged_dir
+        if missing := missing_in_export(fmt, artifact, model_dir, adapter):
             raise ExportRefused(f"{label} lacks what its runtime needs: " + "; ".join(missing))
         started = time.perf_counter()
-        runtime = load_runtime(fmt, artifact, source, config, cfg.export.max_context)
+        runtime = load_runtime(fmt, artifact, adapter, config, cfg.export.max_context)
         load_s = time.perf_counter() - started
         switch = original_context(config)
         prompts = gate_prompts(chat_model, cases, cfg.export.max_new_tokens, switch, cfg.export.long_prompts)
         print(f"gating {artifact} on {len(prompts)} prompts ({where}) ...", flush=True)
         parity = run_gate(chat_model, runtime, prompts, precision, cfg.export)
     parity.summary |= {
+        "lora": "adapter file" if adapter else "merged" if source.adapter_dir else "-",
         "export_s": round(export_s, 2),
         "load_s": round(load_s, 2),
         "size_mb": round(size_mb(artifact), 2),
@@ -91,10 +91,9 @@ def convert(cfg, fmt: str, precision: str, source: Source, out: Path, work: Path
     return export_gguf(source, out / "model.gguf", precision, work)
 
 
-def load_runtime(fmt: str, artifact: Path, source: Source, config: dict, max_context: int):
+def load_runtime(fmt: str, artifact: Path, adapter: bool, config: dict, max_context: int):
     if fmt == "onnx":
-        adapters = sorted(artifact.glob("*.onnx_adapter"))
-        return OnnxRuntimeGenAI(artifact, adapters[0] if adapters else None)
+        return OnnxRuntimeGenAI(artifact, sorted(artifact.glob("*.onnx_adapter"))[0] if adapter else None)
     return LlamaCpp(artifact, min(config["max_position_embeddings"], max_context), original_context(config))
 
 
@@ -127,6 +126,7 @@ def log_export(ref: ModelRef, label: str, artifact: Path, parity: Parity) -> Non
         "status": "passed",
         "agreement": f"{parity.summary['agreement']:.4f}",
         "size_mb": str(parity.summary["size_mb"]),
+        "lora": parity.summary["lora"],
         "artifact": f"runs:/{run_id}/{path}",
     }
     tags |= {

@@ -4,8 +4,10 @@ The builder reads config.json itself, and onnxruntime-genai 0.18.0 trips on two 
 transformers 5 writes: `KeyError: 'type'` when the rope parameters hold only `rope_type`
 (upstream PR #2609), and `KeyError: 'multi_cache'` when max_position_embeddings differs from
 original_max_position_embeddings but the rope type is not LongRoPE. It is handed a copy of the
-directory with config.json normalised for it; the weights are linked, not copied. A LoRA version
-is exported as its base model plus an `.onnx_adapter` (`--extra_options adapter_path=`).
+directory with config.json normalised for it; the weights are linked, not copied. A version logged
+as an adapter (`logger.peft_save=adapter`) is exported in float precisions as its base model plus
+`adapter.onnx_adapter` (`--extra_options adapter_path=`, then deploy/export/onnx_adapter.py); int4
+quantizes whatever is in the graph, so there the merged model is exported.
 """
 
 from __future__ import annotations
@@ -19,10 +21,17 @@ from pathlib import Path
 
 from deploy.export.errors import ExportRefused, ExportSetupError
 from deploy.export.files import chat_template, is_longrope, read_json
+from deploy.export.onnx_adapter import extract_adapter
 from deploy.export.source import Source
 
 PRECISIONS = ("fp32", "fp16", "int4")
+ADAPTER_PRECISIONS = ("fp32", "fp16")  # the LoRA weights stay float, swappable at run time
 EXECUTION_PROVIDERS = ("cpu", "cuda")
+
+
+def exports_adapter(source: Source, precision: str) -> bool:
+    """Whether the export is the base model plus a runtime adapter (else the merged model)."""
+    return source.adapter_dir is not None and precision in ADAPTER_PRECISIONS
 
 
 def builder_config(config: dict) -> dict:
@@ -33,7 +42,8 @@ def builder_config(config: dict) -> dict:
         if isinstance(rope, dict) and "rope_type" in rope:
             rope.setdefault("type", rope["rope_type"])
     if not is_longrope(config):
-        config.pop("original_max_position_embeddings", None)
+        # Equal, not removed: Phi3Config fills a missing original_max_position_embeddings with 4096.
+        config["original_max_position_embeddings"] = config["max_position_embeddings"]
         for key in ("rope_parameters", "rope_scaling"):
             if isinstance(config.get(key), dict):
                 config[key].pop("original_max_position_embeddings", None)
@@ -69,7 +79,8 @@ def export_onnx(source: Source, out: Path, precision: str, execution_provider: s
             f"export.precision={precision} export.execution_provider={execution_provider}: ONNX takes "
             f"precision {'|'.join(PRECISIONS)} and execution_provider {'|'.join(EXECUTION_PROVIDERS)}"
         )
-    model_dir = source.base_dir or source.merged_dir
+    adapter = exports_adapter(source, precision)
+    model_dir = source.base_dir if adapter else source.merged_dir
     command = [
         sys.executable,
         "-m",
@@ -78,9 +89,11 @@ def export_onnx(source: Source, out: Path, precision: str, execution_provider: s
         str(builder_input(model_dir, work / "builder-input")),
     ]
     command += ["-o", str(out), "-p", precision, "-e", execution_provider, "-c", str(work / "builder-cache")]
-    if source.adapter_dir:
+    if adapter:
         command += ["--extra_options", f"adapter_path={source.adapter_dir}"]
     run_tool(command, "onnxruntime-genai's model builder")
+    if adapter:
+        extract_adapter(out)
     copy_chat_template(model_dir, out)
     return out
 

@@ -2,12 +2,16 @@
 is compared with the MLflow model, token by token and on the evaluation metrics.
 
 Both sides decode greedily from the same prompt ids (the serving code's rendering). The export's
-own rendering (its tokenizer and template) must give those ids. Per answer, the tokens agree up to
-the first divergence; there the reference's top-two logit margin says whether it was a near tie.
-Rules by precision: float32 agrees token for token; 16- and 8-bit formats agree on at least
-`min_agreement` of the reference's greedy tokens and diverge only at near ties (margin below
-`tie_margin`); 4-bit formats keep each evaluation metric within `tolerance` of the reference's.
-LongRoPE models also answer prompts longer than original_max_position_embeddings (long factors).
+own rendering (its tokenizer and template) must give those ids. Token agreement is measured by
+teacher forcing: the export is fed the prompt plus the reference's greedy answer and its argmax is
+read at every answer position, so one early near tie costs that position, not the rest of the
+answer; at each position that differs, the reference's top-two logit margin says whether it was
+a near tie. The export's own free-running greedy answers are scored on the evaluation metrics
+beside the reference's. Rules by precision: float32 agrees at every position and answers the
+same; 16- and 8-bit formats agree on at least `min_agreement` of the positions and differ only at
+near ties (margin below `tie_margin`); 4-bit formats keep each evaluation metric within
+`tolerance` of the reference's. LongRoPE models also answer prompts longer than
+original_max_position_embeddings (long factors).
 """
 
 from __future__ import annotations
@@ -100,17 +104,20 @@ def reference_answer(chat_model, prompt: Prompt) -> tuple[list[int], list[float]
     return tokens, margins
 
 
-def compare(reference: list[int], margins: list[float], exported: list[int]) -> dict:
-    """Tokens agreed before the first divergence, where it was, and the reference's margin there."""
-    agreed = next(
-        (i for i, (a, b) in enumerate(zip(reference, exported)) if a != b), min(len(reference), len(exported))
-    )
-    same = reference == exported
+def compare(reference: list[int], margins: list[float], forced: list[int], exported: list[int]) -> dict:
+    """The export's argmax at each reference position (teacher forced) against the reference's tokens,
+    each differing position with the reference's margin there; and whether the free-running greedy
+    answers are the same, and where they first part."""
+    divergences = [[i, round(margins[i], 4)] for i, (a, b) in enumerate(zip(reference, forced)) if a != b]
+    parted = next((i for i, (a, b) in enumerate(zip(reference, exported)) if a != b), None)
+    if parted is None and len(reference) != len(exported):
+        parted = min(len(reference), len(exported))
     return {
         "reference_tokens": len(reference),
-        "agreed_tokens": len(reference) if same else agreed,
-        "diverged_at": None if same else agreed,
-        "margin": None if same or agreed >= len(margins) else round(margins[agreed], 4),
+        "agreed_tokens": len(reference) - len(divergences),
+        "divergences": divergences,  # [position, reference's top-two margin]
+        "answer_same": parted is None,
+        "answer_parted_at": parted,
     }
 
 
@@ -123,12 +130,13 @@ def answer_both(chat_model, runtime, prompt: Prompt) -> dict:
     started = time.perf_counter()
     exported = runtime.greedy(prompt.ids, prompt.max_new_tokens, stops)
     latency = time.perf_counter() - started
+    forced = runtime.forced_argmax(prompt.ids, reference, prompt.max_new_tokens)
     rendered = runtime.render_ids(prompt.messages)
     return {
         "side": prompt.side,
         "prompt_tokens": len(prompt.ids),
         "rendered_same": rendered == prompt.ids,
-        **compare(reference, margins, exported),
+        **compare(reference, margins, forced, exported),
         "reference": chat_model.decode_answer(prompt.ids, reference, []),
         "export": chat_model.decode_answer(prompt.ids, exported, []),
         "latency_s": latency,
@@ -145,21 +153,26 @@ def run_gate(chat_model, runtime, prompts: list[Prompt], precision: str, setting
     )
     export = score(precision, [answer_row(p.case, r["export"], r["latency_s"]) for p, r in scored])
     parity = Parity(rows, reference, export)
+    parity.summary = summarize(rows, precision, settings.tie_margin)
+    parity.failures = verdict(parity, rows, settings)
+    return parity
+
+
+def summarize(rows: list[dict], precision: str, tie_margin: float) -> dict:
     total = sum(r["reference_tokens"] for r in rows)
     agreed = sum(r["agreed_tokens"] for r in rows)
-    parity.summary = {
+    margins = [margin for r in rows for _, margin in r["divergences"]]
+    return {
         "tier": tier(precision),
         "agreement": agreed / total if total else 1.0,
         "agreed_tokens": agreed,
         "reference_tokens": total,
-        "diverged_answers": sum(r["diverged_at"] is not None for r in rows),
-        "near_tie_divergences": sum(
-            r["margin"] is not None and r["margin"] < settings.tie_margin for r in rows
-        ),
+        "diverged_tokens": len(margins),
+        "near_tie_divergences": sum(m < tie_margin for m in margins),
+        "diverged_answers": sum(not r["answer_same"] for r in rows),
+        "answers": len(rows),
         "long_prompts": sum(r["side"] == "long" for r in rows),
     }
-    parity.failures = verdict(parity, rows, settings)
-    return parity
 
 
 def verdict(parity: Parity, rows: list[dict], settings) -> list[str]:
@@ -170,15 +183,18 @@ def verdict(parity: Parity, rows: list[dict], settings) -> list[str]:
         failures.append(
             f"the export's tokenizer and template render {misrendered} prompts to other ids than training's"
         )
-    if summary["tier"] == "exact" and summary["diverged_answers"]:
-        failures.append(f"float32 must agree token for token: {summary['diverged_answers']} answers diverge")
+    if summary["tier"] == "exact" and (summary["diverged_tokens"] or summary["diverged_answers"]):
+        failures.append(
+            f"float32 must agree token for token: {summary['diverged_tokens']} positions differ, "
+            f"{summary['diverged_answers']} greedy answers differ"
+        )
     if summary["tier"] == "near":
         if summary["agreement"] < settings.min_agreement:
             failures.append(f"token agreement {summary['agreement']:.4f} < {settings.min_agreement}")
-        clear = summary["diverged_answers"] - summary["near_tie_divergences"]
+        clear = summary["diverged_tokens"] - summary["near_tie_divergences"]
         if clear:
             failures.append(
-                f"{clear} answers diverge where the reference's top-two logits differ by >= {settings.tie_margin}"
+                f"{clear} positions differ where the reference's top-two logits differ by >= {settings.tie_margin}"
             )
     if summary["tier"] == "quantized":
         failures += metric_failures(parity.reference.metrics, parity.export.metrics, settings.tolerance)
@@ -206,8 +222,9 @@ def parity_table(parity: Parity) -> str:
         exp = parity.export.metrics.get(name, float("nan"))
         lines.append(f"{name:<22} {ref:>12.3f} {exp:>12.3f} {exp - ref:>+8.3f}")
     lines.append(
-        f"greedy tokens agreed   {s['agreed_tokens']}/{s['reference_tokens']} ({s['agreement']:.4f}); "
-        f"{s['diverged_answers']} answers diverge, {s['near_tie_divergences']} at near ties; "
+        f"greedy tokens agreed   {s['agreed_tokens']}/{s['reference_tokens']} ({s['agreement']:.4f}, teacher forced); "
+        f"{s['diverged_tokens']} positions differ, {s['near_tie_divergences']} at near ties; "
+        f"{s['diverged_answers']} of {s['answers']} greedy answers differ; "
         f"{s['long_prompts']} prompts past the LongRoPE switch"
     )
     lines += [f"REFUSED: {f}" for f in parity.failures] or [f"PASSED ({s['tier']} rules)"]

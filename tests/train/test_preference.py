@@ -140,6 +140,14 @@ def test_dpo_run_is_tracked_and_registered_like_sft(dpo_run):
     assert len(history) >= 3  # before training, after each of 2 epochs (and the final evaluation)
     summary = json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
     assert summary["registered_model"] == "tiny-dpo/1"
+    # the held-out answers before and after training are kept, so the exact match can be read back
+    for name, when in (("answers_before", "before"), ("answers", "after")):
+        experiment = client.get_run(version.run_id).info.experiment_id
+        table = client.load_table(experiment, f"eval/{name}.json", run_ids=[version.run_id])
+        assert (
+            len(table) == 2
+            and (table["answer"] == table["reference"]).mean() == metrics[f"exact_match_{when}"]
+        )
 
 
 def test_kto_trains_on_pairs_unpaired(tmp_path):

@@ -16,9 +16,9 @@ def test_gguf_f16_of_the_tiny_longrope_model_passes_and_keeps_its_factors(
     tiny_longrope_smollm2_tokenizer, tmp_path
 ):
     registered = tiny_longrope_smollm2_tokenizer
-    # Random weights tie often: two near ties cost 42 of 576 tokens after them (measured), so the
-    # share is relaxed here; that every divergence is a near tie is not.
-    done = run_module("deploy", *export_args(registered, tmp_path, "format=gguf", "export.min_agreement=0.9"))
+    # At the default export.min_agreement (0.99): teacher forcing scores every position, so a near tie
+    # costs one token, not the rest of its answer.
+    done = run_module("deploy", *export_args(registered, tmp_path, "format=gguf"))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "PASSED (near rules)" in done.stdout
     assert "2 prompts past the LongRoPE switch" in done.stdout
