@@ -145,7 +145,9 @@ def held_out_prompts(overrides: list[str], count: int) -> tuple[object, object, 
     from common.generation import split_for_generation
     from train import data, model
 
-    cfg = compose(overrides)
+    # Generation is served with sdpa: varlen_sdpa is packed training's attention, and the serving
+    # engine (continuous batching) refuses it.
+    cfg = compose([*overrides, "model.attn_implementation=sdpa"])
     tokenizer = model.load_tokenizer(cfg.model)
     splits, _ = data.load_splits(cfg, tokenizer)
     pairs = [split_for_generation(m) for m in splits["test"]["messages"]]
