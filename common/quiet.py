@@ -46,6 +46,12 @@ QUIET_TO_ERRORS = (
     # bitsandbytes, on CPUs with AVX512-BF16: an optional CPU 4-bit kernel package is missing;
     # QLoRA needs CUDA here anyway (train.model refuses it on a CPU).
     "bitsandbytes.backends.cpu.ops",
+    # azure-identity, without a login: INFO per credential tried, then a WARNING listing all of
+    # them (16 lines); the command says in one line what to do (common.cli_errors: `az login`).
+    "azure.identity",
+    # transformers' continuous batching (the local server's engine) logs its cache sizing at INFO;
+    # the server prints its own KV budget line (deploy/serve/batching.py).
+    "ContinuousBatchingLogger",
 )
 # Python warnings (message regex, category): raised inside a library by another library's call.
 KNOWN_HARMLESS_WARNINGS = (
@@ -80,6 +86,7 @@ def quiet_known_noise() -> None:
     if not sys.stderr.isatty():  # read by datasets and huggingface_hub (hence transformers) on import
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # "Downloading artifacts"
     for name, fragments in KNOWN_HARMLESS.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropFragments) for f in logger.filters):

@@ -60,6 +60,9 @@ class TrainingLength:
         tokens = self.stats.get("tokens") or {}
         p95 = f"p95 {tokens['p95']}, " if "p95" in tokens else ""  # a mixture has no joint p95
         rows = f"kept rows: {p95}max {tokens.get('max')}"
+        longest = {name: share.get("longest") for name, share in (self.stats.get("mixture") or {}).items()}
+        if len(longest) > 1:  # a mixture (a rehearsal is one): which source sets it
+            rows += " (" + ", ".join(f"{name} {n}" for name, n in longest.items()) + ")"
         cap = self.stats.get("max_length")
         if self.from_data:
             kept = (
