@@ -38,9 +38,9 @@ REHEARSAL = "rehearsal"  # the source name of `rehearsal.source` (train/rehearsa
 
 
 def with_rehearsal(cfg: DictConfig) -> DictConfig:
-    """The config with `rehearsal.source` as one more source of `data` (a mixture of one if `data`
-    is a single source); unchanged without one, with weight 0, or for preference data (the rehearsal
-    rows are SFT conversations)."""
+    """The config with `rehearsal.source` as one more source of `data` (a single `data.source`
+    becomes the first source of a two-source mixture); unchanged without one, with weight 0, or for
+    preference data (the rehearsal rows are SFT conversations)."""
     rehearsal = cfg.get("rehearsal")
     if not rehearsal or not rehearsal.source or not rehearsal.weight:
         return cfg
@@ -58,7 +58,7 @@ def with_rehearsal(cfg: DictConfig) -> DictConfig:
                     eval_source=data.eval_source,
                     split=data.split,
                     eval_split=data.eval_split,
-                )  # fmt: skip
+                )
             ]
         mixed.data.sources.append(MixSource(name=REHEARSAL, source=rehearsal.source, weight=rehearsal.weight))
         mixed.rehearsal.source = None  # now a source: each source's own config mixes nothing more in
