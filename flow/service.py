@@ -29,7 +29,9 @@ def service_ports(home: Path) -> set[int]:
 
 
 def service_pids(home: Path) -> list[int]:
-    """Pids of the processes listening on 127.0.0.1 at `home`'s service ports."""
+    """Pids of the processes listening on `home`'s service ports (promptflow binds 127.0.0.1).
+    promptflow's own `pf service stop` reads the home fixed when promptflow is imported; the tests
+    use a home each, hence this."""
     ports = service_ports(home)
     if not ports:
         return []
