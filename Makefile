@@ -74,7 +74,8 @@ llama-cpp: setup ## build llama-cpp-python (llama.cpp, CPU) once into a wheel in
 	nice -n 10 bash deploy/export/build_llama_cpp.sh $(PY)
 
 test: setup agent-setup llama-cpp ## run every test that can run here (GPU tests are skipped without CUDA)
-	$(PY) -m pytest
+	# the cache llama-cpp built into (unset, tests/conftest.py would use an empty one and miss the build)
+	FINETUNE_PHI_CACHE="$${FINETUNE_PHI_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/finetune-phi}" $(PY) -m pytest
 
 lint: setup ## ruff: lint and format check
 	$(VENV)/bin/ruff check .
