@@ -73,8 +73,8 @@ models: setup ## list registered models: versions, aliases and their eval.* scor
 llama-cpp: setup ## build llama-cpp-python (llama.cpp, CPU) once into a wheel in the project cache; install it
 	nice -n 10 bash deploy/export/build_llama_cpp.sh $(PY)
 
+# Tests use the cache llama-cpp built into (unset, tests/conftest.py would use an empty one and miss it).
 test: setup agent-setup llama-cpp ## run every test that can run here (GPU tests are skipped without CUDA)
-	# the cache llama-cpp built into (unset, tests/conftest.py would use an empty one and miss the build)
 	FINETUNE_PHI_CACHE="$${FINETUNE_PHI_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/finetune-phi}" $(PY) -m pytest
 
 lint: setup ## ruff: lint and format check
